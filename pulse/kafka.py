@@ -1,0 +1,108 @@
+"""Kafka clients with the project's defaults, and dead-letter building/publishing shared by every stage."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from pulse import metrics
+from pulse.settings import Settings
+from schemas import DeadLetter, encode
+
+log = logging.getLogger(__name__)
+
+
+def producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
+    """An idempotent, compressing producer; ``overrides`` are librdkafka options."""
+    conf = settings.kafka.config(
+        **{
+            "client.id": f"pulse-{stage}",
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": settings.ingest.compression,
+            "linger.ms": settings.ingest.linger_ms,
+            "error_cb": _error_logger(stage),
+            **overrides,
+        }
+    )
+    return Producer(conf)
+
+
+def consumer(settings: Settings, stage: str, group_id: str, **overrides: Any) -> Consumer:
+    """A consumer that stores offsets only when told to (at-least-once by construction)."""
+    conf = settings.kafka.config(
+        **{
+            "client.id": f"pulse-{stage}",
+            "group.id": group_id,
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "error_cb": _error_logger(stage),
+            **overrides,
+        }
+    )
+    return Consumer(conf)
+
+
+def _error_logger(stage: str) -> Callable[[KafkaError], None]:
+    def on_error(err: KafkaError) -> None:
+        # librdkafka retries transient errors itself; fatal ones end the process through the caller.
+        level = logging.ERROR if err.fatal() else logging.WARNING
+        log.log(level, "kafka client error", extra={"stage": stage, "error": err.str(), "code": err.name()})
+
+    return on_error
+
+
+def dead_letter(
+    stage: str,
+    reason: str,
+    error: str,
+    original: bytes,
+    *,
+    key: bytes | None = None,
+    message: Message | None = None,
+    source: str | None = None,
+) -> DeadLetter:
+    """A DeadLetter carrying the original bytes and, for Kafka input, topic/partition/offset."""
+    return DeadLetter(
+        stage=stage,
+        reason=reason,
+        error=error,
+        original=original,
+        key=key if key is not None or message is None else message.key(),
+        topic=message.topic() if message is not None else None,
+        partition=message.partition() if message is not None else None,
+        offset=message.offset() if message is not None else None,
+        source=source,
+        failed_at=datetime.now(UTC),
+    )
+
+
+def publish_dead_letter(
+    producer: Producer,
+    topic: str,
+    letter: DeadLetter,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """Produce a dead letter (key: the original key) and count it; delivery reported to ``on_delivery``."""
+    metrics.DEAD_LETTERS.labels(letter.stage, letter.reason).inc()
+    log.warning(
+        "dead letter",
+        extra={
+            "stage": letter.stage,
+            "reason": letter.reason,
+            "error": letter.error,
+            "topic": letter.topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+        },
+    )
+    if on_delivery is None:
+        producer.produce(topic, key=letter.key, value=encode(letter))
+    else:
+        producer.produce(topic, key=letter.key, value=encode(letter), on_delivery=on_delivery)

@@ -1,0 +1,215 @@
+"""Process settings: one frozen object built once in ``main()`` from the environment and ``.env``.
+
+Nested sections use ``__`` in variable names: ``KAFKA__BOOTSTRAP_SERVERS``, ``REDIS__URL``,
+``INFERENCE__BATCH_SIZE``. librdkafka options pass through ``KAFKA__CLIENT`` as a JSON object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+# A list that reads from the environment as "a,b,c" (JSON arrays would be unkind to type in a shell).
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
+    client: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka options for every client (security.protocol, sasl.*, ...).",
+    )
+    sasl_password: SecretStr | None = Field(None, description="Set as sasl.password on every client.")
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka configuration for one client: bootstrap + pass-through + per-client overrides."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, **self.client}
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        conf.update(overrides)
+        return conf
+
+
+class TopicSettings(_Section):
+    """Topic names by role; partitions, retention and compaction come from ``infra/topics.yaml``."""
+
+    raw: str = Field("posts.raw", description="RawPost records from ingest.")
+    enriched: str = Field("posts.enriched", description="EnrichedPost records from inference.")
+    trends: str = Field("trends", description="TrendSnapshot records.")
+    alerts: str = Field("alerts", description="Alert records.")
+    dlq: str = Field("posts.dlq", description="DeadLetter records from every stage.")
+    definitions: Path = Field(REPO_ROOT / "infra" / "topics.yaml", description="Topic definitions file.")
+
+    def by_role(self) -> dict[str, str]:
+        return {
+            "raw": self.raw,
+            "enriched": self.enriched,
+            "trends": self.trends,
+            "alerts": self.alerts,
+            "dlq": self.dlq,
+        }
+
+
+class RedisSettings(_Section):
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (no password in it: see password).")
+    password: SecretStr | None = Field(None, description="Redis password (AUTH).")
+    key_prefix: str = Field("pulse", description="Prefix of every key this deployment writes.")
+
+
+class LocalSettings(_Section):
+    """The embedded dev services that ``pulse services up`` starts."""
+
+    data_dir: Path = Field(REPO_ROOT / ".pulse", description="Where the local broker and Redis keep state.")
+    start_timeout_s: float = Field(30.0, gt=0, description="How long `services up` waits for health.")
+
+
+class IngestSettings(_Section):
+    dedup_window: int = Field(1_000_000, ge=1, description="How many recent post ids dedup remembers.")
+    dedup_warm_records: int = Field(
+        100_000,
+        ge=0,
+        description="At start, read the keys of up to this many of the newest posts.raw records into the "
+        "dedup window, so a restarted or re-run ingest does not republish them (0 = off).",
+    )
+    max_body_bytes: int = Field(1_048_576, description="HTTP source: larger request bodies get 413.")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8081
+    http_token: SecretStr | None = Field(None, description="Bearer token the HTTP source requires.")
+    http_ack_timeout_s: float = Field(30.0, gt=0, description="HTTP source: wait this long for broker acks.")
+    compression: Literal["lz4", "zstd", "none"] = "lz4"
+    linger_ms: int = 20
+    queue_max_messages: int = 200_000
+    batch_num_messages: int = Field(10_000, ge=1, description="librdkafka batch.num.messages for posts.raw.")
+    delivery_timeout_ms: int = Field(
+        120_000, ge=1000, description="librdkafka message.timeout.ms: give up (and exit non-zero) after this."
+    )
+    flush_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM or end of input, wait this long for acks."
+    )
+    batch_size: int = Field(2000, ge=1, description="Records a source hands to the pipeline at once.")
+    lang_min_confidence: float = Field(
+        0.5, ge=0, le=1, description="Below this, the detected language is 'und'."
+    )
+    lang_min_letters: int = Field(
+        12, ge=0, description="Texts with fewer letters get 'und' without detection."
+    )
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(
+        9101, description="Port of /metrics and /healthz for non-HTTP sources (0: any)."
+    )
+    reconnect_max_s: float = Field(
+        60.0, gt=0, description="Firehose sources: longest backoff between reconnects."
+    )
+    reconnect_attempts: int = Field(
+        0,
+        ge=0,
+        description="Firehose sources: give up (exit non-zero) after this many failed connects in a row; "
+        "0 = keep trying.",
+    )
+
+
+class InferenceSettings(_Section):
+    group_id: str = "pulse-inference"
+    batch_size: int = Field(64, ge=1, description="Max records per consumed batch.")
+    max_wait_ms: int = Field(50, ge=0, description="Max time to fill a batch.")
+    micro_batch: int = Field(32, ge=1, description="Texts per model call, length-sorted.")
+    providers: CommaList = Field(
+        ("CPUExecutionProvider",),
+        description="ONNX Runtime providers in order, e.g. CUDAExecutionProvider,CPUExecutionProvider.",
+    )
+    require_gpu: bool = Field(False, description="Fail at start when the session falls back to CPU.")
+    device_id: int = Field(0, ge=0, description="GPU to pin this worker to.")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores.")
+    model_dir: Path = Field(REPO_ROOT / "models", description="Directory of the shipped or exported models.")
+    watchlist: Path = Field(REPO_ROOT / "infra" / "watchlist.yaml", description="Brands and keywords file.")
+    http_port: int = Field(9102, ge=0, description="Port of /metrics and /healthz; 0 picks a free one.")
+    http_host: str = Field(
+        "127.0.0.1", description="Address of /metrics and /healthz (0.0.0.0 in a container)."
+    )
+    queue_batches: int = Field(
+        2, ge=1, description="Consumed batches that may wait for the tokeniser before partitions are paused."
+    )
+    queue_micro_batches: int = Field(
+        4, ge=1, description="Tokenised micro-batches that may wait for the model (bounds memory)."
+    )
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM or partition revocation: how long to wait for in-flight records."
+    )
+    stats_interval_ms: int = Field(
+        5000, ge=0, description="librdkafka statistics period, the source of the consumer-lag gauge; 0 = off."
+    )
+
+
+class Settings(BaseSettings):
+    """Everything a Social Pulse process can be told. Built once per process, passed down."""
+
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    local: LocalSettings = LocalSettings()
+    ingest: IngestSettings = IngestSettings()
+    inference: InferenceSettings = InferenceSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: key=value lines; json: one object."
+    )
+
+
+def load(**overrides: Any) -> Settings:
+    """Build the settings from the environment (and ``.env``), with explicit overrides on top."""
+    return Settings(**overrides)
+
+
+def reference() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for the README and `pulse config`."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name.upper()}__")
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, Path):
+                default = default.relative_to(REPO_ROOT) if default.is_relative_to(REPO_ROOT) else default
+            if isinstance(default, tuple):
+                default = ",".join(default)
+            shown = "" if default is None else "{}" if default == {} else str(default)
+            rows.append((f"{prefix}{name.upper()}", shown, field.description or ""))
+
+    walk(Settings, "")
+    return rows
+
+
+def markdown_reference() -> str:
+    """The README's configuration table."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for variable, default, meaning in reference():
+        shown = f"`{default}`" if default else ""
+        lines.append(f"| `{variable}` | {shown} | {meaning} |")
+    return "\n".join(lines) + "\n"

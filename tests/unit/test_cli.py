@@ -1,0 +1,46 @@
+"""The `pulse` command: every command listed with one line of help, errors are one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pulse.cli import build_parser, main
+
+
+def test_help_lists_commands_with_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("services", "topics", "run"):
+        assert f"    {command} " in out
+
+
+def test_help_does_not_import_heavy_runtimes() -> None:
+    code = (
+        "import sys\n"
+        "from pulse.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'faust') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def test_service_errors_are_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    from pulse import services
+
+    def refuse(settings):
+        raise services.ServiceError("port 9092 is taken by something that is not a Kafka broker: stop it")
+
+    monkeypatch.setattr(services, "up", refuse)
+    monkeypatch.setenv("LOCAL__DATA_DIR", str(tmp_path))
+    assert main(["services", "up"]) == 2
+    err = capsys.readouterr().err
+    assert err == "pulse: error: port 9092 is taken by something that is not a Kafka broker: stop it\n"
