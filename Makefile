@@ -53,5 +53,8 @@ docs: install  ## regenerate the README's settings table and the JSON Schema fil
 	$(BIN)/python -m schemas.export
 	$(BIN)/python -c 'import re, pathlib; from pulse.settings import markdown_reference as m; p = pathlib.Path("README.md"); t = p.read_text(); p.write_text(re.sub(r"(<!-- settings-table:.*?-->\n).*?(<!-- end settings-table -->)", lambda g: g.group(1) + m() + g.group(2), t, flags=re.S))'
 
+bench-ingest: install  ## ingest throughput: 1M JSON Lines posts into the local broker -> bench/results/ingest.json
+	$(BIN)/python bench/bench_ingest.py
+
 clean:  ## remove the venv and local service state (stop services first)
 	rm -rf $(VENV) .pulse .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,250 @@
+"""`pulse ingest bluesky` against a local server speaking Jetstream's wire format, into the real broker.
+
+The server honours ``wantedCollections`` and ``cursor`` like Jetstream, drops the first connection
+half-way, and records what each connection asked for, so the test sees the resume from the cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+import websockets
+from confluent_kafka import Consumer
+
+from pulse.settings import Settings
+from schemas import DeadLetter, RawPost, decode
+
+pytestmark = pytest.mark.timeout(120)
+DID = "did:plc:eygmaihciaxprqvxpfvl6flk"
+T0 = 1795867200_000_000  # 2026-11-28T12:00:00Z in microseconds
+
+
+def post(
+    n: int, text: str, created: str = "2026-11-28T12:00:00.000Z", langs: list[str] | None = None
+) -> dict:
+    record: dict[str, Any] = {"$type": "app.bsky.feed.post", "createdAt": created, "text": text}
+    if langs is not None:
+        record["langs"] = langs
+    return {
+        "did": DID,
+        "time_us": T0 + n * 1_000_000,
+        "kind": "commit",
+        "commit": {
+            "rev": f"3lrev{n}",
+            "operation": "create",
+            "collection": "app.bsky.feed.post",
+            "rkey": f"3kpost{n}",
+            "record": record,
+            "cid": f"bafyreicid{n}",
+        },
+    }
+
+
+MESSAGES = [
+    {
+        "did": DID,
+        "time_us": T0,
+        "kind": "identity",
+        "identity": {"did": DID, "handle": "ann.bsky.social", "seq": 1, "time": "2026-11-28T12:00:00.000Z"},
+    },
+    post(1, "Loving the new Acme phone #acme", langs=["en"]),
+    post(2, "Acme support is down again, third time this week"),
+    {
+        "did": "did:plc:other",
+        "time_us": T0 + 2_500_000,
+        "kind": "commit",
+        "commit": {"rev": "3lx", "operation": "delete", "collection": "app.bsky.feed.post", "rkey": "3kold"},
+    },
+    post(3, "bad clock", created="2026-11-28 12:00:03"),  # no timezone: a dead letter
+    post(4, "Globex est vraiment génial aujourd'hui", langs=["fr"]),
+    post(5, "Das neue Acme Telefon ist großartig", langs=["de"]),
+]
+DROP_AFTER = 3  # the first connection dies after this many messages
+
+
+class FakeJetstream:
+    def __init__(self) -> None:
+        self.connections: list[dict[str, list[str]]] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    async def handler(self, ws: Any) -> None:
+        query = parse_qs(urlsplit(ws.request.path).query)
+        self.connections.append(query)
+        if query.get("wantedCollections") != ["app.bsky.feed.post"]:
+            await ws.close(1008, "wantedCollections missing")
+            return
+        cursor = int(query["cursor"][0]) if "cursor" in query else None
+        todo = [m for m in MESSAGES if cursor is None or m["time_us"] >= cursor]
+        first = len(self.connections) == 1
+        for i, message in enumerate(todo):
+            if first and i == DROP_AFTER:
+                ws.transport.abort()  # an abrupt loss, not a clean close
+                return
+            await ws.send(orjson.dumps(message).decode())
+        await ws.wait_closed()
+
+    def run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with websockets.serve(self.handler, "127.0.0.1", 0) as server:
+                self.port = next(iter(server.sockets)).getsockname()[1]
+                self._ready.set()
+                await self._stop.wait()
+
+        asyncio.run(main())
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, daemon=True).start()
+        assert self._ready.wait(10)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+
+@pytest.fixture
+def jetstream() -> Iterator[FakeJetstream]:
+    server = FakeJetstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+def read_topic(
+    settings: Settings, topic: str, expect: int, timeout: float = 30.0, settle: float = 2.0
+) -> list[tuple[bytes | None, bytes]]:
+    consumer = Consumer(
+        settings.kafka.config(
+            **{
+                "group.id": f"t-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    out: list[tuple[bytes | None, bytes]] = []
+    deadline = time.monotonic() + timeout
+    quiet_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.2):
+                assert msg.error() is None, msg.error()
+                out.append((msg.key(), msg.value()))
+            if len(out) >= expect:
+                quiet_until = quiet_until or time.monotonic() + settle
+                if time.monotonic() >= quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+def test_jetstream_posts_arrive_once_and_the_stream_resumes_from_its_cursor(
+    settings: Settings, jetstream: FakeJetstream
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
+    env.update(
+        {
+            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "TOPICS__RAW": settings.topics.raw,
+            "TOPICS__DLQ": settings.topics.dlq,
+            "INGEST__RECONNECT_MAX_S": "1",
+        }
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pulse.cli",
+            "ingest",
+            "bluesky",
+            "--url",
+            f"ws://127.0.0.1:{jetstream.port}/subscribe",
+            "--metrics-port",
+            "-1",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        got = read_topic(settings, settings.topics.raw, expect=4)
+        letters = [
+            decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=1, settle=0)
+        ]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+
+    keys = [k for k, _ in got]
+    assert len(keys) == len(set(keys)) == 4, keys  # the replayed overlap was dropped by dedup
+    posts = {decode(v, RawPost).url.rsplit("/", 1)[1]: decode(v, RawPost) for _, v in got}  # type: ignore[union-attr]
+    assert sorted(posts) == ["3kpost1", "3kpost2", "3kpost4", "3kpost5"]
+    assert posts["3kpost1"].id == f"bluesky:at://{DID}/app.bsky.feed.post/3kpost1"
+    assert posts["3kpost1"].author.handle == "ann.bsky.social" and posts["3kpost1"].hashtags == ("acme",)
+    assert [posts[k].lang for k in ("3kpost1", "3kpost2", "3kpost4", "3kpost5")] == ["en", "en", "fr", "de"]
+
+    assert [(d.reason, d.stage) for d in letters] == [("validation", "ingest")]
+    assert orjson.loads(letters[0].original)["commit"]["rkey"] == "3kpost3"
+    assert "created_at" in letters[0].error
+
+    # the first connection asked for the live stream; the reconnect resumed 3 s before the last cursor seen
+    assert "cursor" not in jetstream.connections[0]
+    last_seen = MESSAGES[DROP_AFTER - 1]["time_us"]
+    assert jetstream.connections[1]["cursor"] == [str(last_seen - 3_000_000)]
+
+
+def test_a_firehose_that_never_answers_exits_non_zero_after_bounded_retries(settings: Settings) -> None:
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
+    env.update(
+        {
+            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "TOPICS__RAW": settings.topics.raw,
+            "TOPICS__DLQ": settings.topics.dlq,
+            "INGEST__RECONNECT_MAX_S": "0.2",
+            "INGEST__RECONNECT_ATTEMPTS": "2",
+        }
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pulse.cli",
+            "ingest",
+            "bluesky",
+            "--url",
+            f"ws://127.0.0.1:{port}/subscribe",
+            "--metrics-port",
+            "-1",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr.decode()
+    assert b"2 reconnects in a row failed" in done.stderr
+    assert done.stderr.count(b"reconnecting") == 2
+    assert time.monotonic() - started < 30

@@ -1,0 +1,265 @@
+"""`pulse ingest file|stdin` against the real local broker: read the records back from the topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer
+
+from pulse.cli import build_parser
+from pulse.settings import Settings
+from schemas import DeadLetter, RawPost, decode
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def read_topic(
+    settings: Settings, topic: str, expect: int, timeout: float = 30.0, settle: float = 1.0
+) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) on ``topic``: waits for ``expect`` records, then ``settle`` s more for extras."""
+    consumer = Consumer(
+        settings.kafka.config(
+            **{
+                "group.id": f"t-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    out: list[tuple[bytes | None, bytes]] = []
+    deadline = time.monotonic() + timeout
+    quiet_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.2):
+                assert msg.error() is None, msg.error()
+                out.append((msg.key(), msg.value()))
+            if len(out) >= expect:
+                quiet_until = quiet_until or time.monotonic() + settle
+                if time.monotonic() >= quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+@pytest.fixture
+def ingest(settings: Settings) -> Iterator[Callable[..., int]]:
+    """Run ``pulse ingest ...`` in this process with the test's settings (signal handlers restored after)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def run(*argv: str, with_settings: Settings = settings) -> int:
+        args = build_parser().parse_args(["ingest", *argv, "--metrics-port", "0"])
+        return int(args.handler(args, with_settings))
+
+    yield run
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_bytes(b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in records))
+    return path
+
+
+def post(i: int, **overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": f"test:{i}",
+        "platform": "test",
+        "author": {"id": f"u{i % 7}", "handle": "ann"},
+        "text": f"Post number {i} about #Acme  by @bob https://acme.example/{i}",
+        "lang": "en",
+        "created_at": f"2026-11-28T10:{i // 60 % 60:02d}:{i % 60:02d}Z",
+    }
+    record.update(overrides)
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def test_file_posts_arrive_keyed_by_id_with_normalised_content(
+    settings: Settings, ingest: Callable[..., int], tmp_path: Path
+) -> None:
+    records = [post(i) for i in range(500)]
+    records.append(
+        post(500, lang=None, text="Der Kundendienst von Acme ist eine Katastrophe, niemand antwortet")
+    )
+    assert ingest("file", str(jsonl(tmp_path / "posts.jsonl", records))) == 0
+    got = read_topic(settings, settings.topics.raw, expect=501)
+    assert len(got) == 501
+    posts = {key: decode(value, RawPost) for key, value in got}
+    assert set(posts) == {f"test:{i}".encode() for i in range(501)}
+    p7 = posts[b"test:7"]
+    assert p7.text == "Post number 7 about #Acme by @bob https://acme.example/7"
+    assert (p7.hashtags, p7.mentions, p7.urls) == (("acme",), ("bob",), ("https://acme.example/7",))
+    assert (
+        p7.author.id == "u0" and p7.lang == "en" and p7.created_at.isoformat() == "2026-11-28T10:00:07+00:00"
+    )
+    assert posts[b"test:500"].lang == "de"  # detected: the source did not say
+
+
+def test_a_replayed_file_publishes_no_duplicates(
+    settings: Settings, ingest: Callable[..., int], tmp_path: Path
+) -> None:
+    path = jsonl(tmp_path / "posts.jsonl", [post(i) for i in range(300)] + [post(5), post(6)])
+    assert ingest("file", str(path)) == 0
+    assert ingest("file", str(path)) == 0  # a second run: the dedup window is warmed from the topic
+    got = read_topic(settings, settings.topics.raw, expect=300, settle=2.0)
+    keys = [k for k, _ in got]
+    assert len(keys) == 300 and len(set(keys)) == 300
+
+
+def test_bad_records_go_to_the_dead_letter_topic_with_reasons(
+    settings: Settings, ingest: Callable[..., int], tmp_path: Path
+) -> None:
+    bad_json = b'{"id": "test:x", "text": "unterminated'
+    naive_time = orjson.dumps(post(2, created_at="2026-11-28T10:00:00"))
+    no_author = orjson.dumps(post(3, author=None))
+    path = jsonl(tmp_path / "mixed.jsonl", [post(1), bad_json, naive_time, no_author, post(4)])
+    assert ingest("file", str(path)) == 0
+    assert sorted(k for k, _ in read_topic(settings, settings.topics.raw, expect=2)) == [b"test:1", b"test:4"]
+    letters = [decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=3)]
+    assert [(d.reason, d.original, d.source, d.stage) for d in letters] == [
+        ("decode", bad_json, "mixed.jsonl:2", "ingest"),
+        ("validation", naive_time, "mixed.jsonl:3", "ingest"),
+        ("validation", no_author, "mixed.jsonl:4", "ingest"),
+    ]
+    assert "field 'created_at'" in letters[1].error and "field 'author'" in letters[2].error
+
+
+def test_csv_in_a_foreign_layout_with_a_field_mapping(
+    settings: Settings, ingest: Callable[..., int], tmp_path: Path
+) -> None:
+    path = tmp_path / "tweets.csv"
+    path.write_text(
+        "tweet_id,user,body,posted\n"
+        '11,jack,"Acme support, you rock! #happy",2026-11-28T10:00:00Z\n'
+        "12,jill,Globex is down again,1795867140\n"
+    )
+    rc = ingest(
+        "file",
+        str(path),
+        "--platform",
+        "twitter",
+        "--map",
+        "id=tweet_id,author.id=user,author.handle=user,text=body,created_at=posted",
+    )
+    assert rc == 0
+    posts = sorted(
+        (decode(v, RawPost) for _, v in read_topic(settings, settings.topics.raw, expect=2)),
+        key=lambda p: p.id,
+    )
+    assert [(p.id, p.platform, p.author.handle, p.text) for p in posts] == [
+        ("11", "twitter", "jack", "Acme support, you rock! #happy"),
+        ("12", "twitter", "jill", "Globex is down again"),
+    ]
+    assert posts[0].hashtags == ("happy",) and posts[1].created_at.isoformat() == "2026-11-28T11:59:00+00:00"
+
+
+def test_backpressure_a_tiny_producer_queue_slows_the_source_and_drops_nothing(
+    fresh_settings: Callable[..., Settings], ingest: Callable[..., int], tmp_path: Path
+) -> None:
+    settings = fresh_settings(ingest={"queue_max_messages": 5, "linger_ms": 5})
+    path = jsonl(tmp_path / "posts.jsonl", [post(i) for i in range(3000)])
+    assert ingest("file", str(path), with_settings=settings) == 0
+    keys = {k for k, _ in read_topic(settings, settings.topics.raw, expect=3000)}
+    assert len(keys) == 3000
+
+
+def test_a_looped_replay_continues_with_new_ids_and_later_times(
+    settings: Settings, ingest: Callable[..., int], tmp_path: Path
+) -> None:
+    path = jsonl(tmp_path / "posts.jsonl", [post(i) for i in range(20)])
+    env = _env(settings)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pulse.cli",
+            "ingest",
+            "file",
+            str(path),
+            "--loop",
+            "--rate",
+            "200",
+            "--metrics-port",
+            "-1",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        got = read_topic(settings, settings.topics.raw, expect=50, settle=0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    posts = {k: decode(v, RawPost) for k, v in got}
+    assert b"test:3" in posts and b"test:3#1" in posts
+    assert posts[b"test:3#1"].created_at > posts[b"test:19"].created_at
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
+    env.update(
+        {
+            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "TOPICS__RAW": settings.topics.raw,
+            "TOPICS__DLQ": settings.topics.dlq,
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            return resp.read().decode()
+    except OSError:
+        return ""
+
+
+def test_sigterm_flushes_what_is_in_flight_and_exits_zero(settings: Settings) -> None:
+    # A 20 s linger holds records in the producer: only the flush on SIGTERM can deliver them in time.
+    env = _env(settings, INGEST__LINGER_MS="20000")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulse.cli", "ingest", "stdin", "--metrics-port", str(port)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(b"".join(orjson.dumps(post(i)) + b"\n" for i in range(200)))
+    proc.stdin.flush()  # stdin stays open: the source is waiting for more
+    in_flight = 'pulse_queue_depth{queue="producer",stage="ingest"} 200.0'
+    deadline = time.monotonic() + 30
+    while in_flight not in _scrape(port):
+        assert time.monotonic() < deadline and proc.poll() is None, "the 200 posts never reached the producer"
+        time.sleep(0.2)
+    assert not read_topic(settings, settings.topics.raw, expect=1, timeout=1), "linger should hold them back"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"published=200" in err
+    keys = {k for k, _ in read_topic(settings, settings.topics.raw, expect=200, timeout=10)}
+    assert len(keys) == 200

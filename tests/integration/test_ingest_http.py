@@ -1,0 +1,223 @@
+"""`pulse ingest http` as a real process against the real local broker: status codes and records read back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer
+
+from pulse.settings import Settings
+from schemas import DeadLetter, RawPost, decode
+
+pytestmark = pytest.mark.timeout(120)
+TOKEN = "s3cret-token"
+
+
+def read_topic(
+    settings: Settings, topic: str, expect: int, timeout: float = 30.0, settle: float = 1.0
+) -> list[tuple[bytes | None, bytes]]:
+    consumer = Consumer(
+        settings.kafka.config(
+            **{
+                "group.id": f"t-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    out: list[tuple[bytes | None, bytes]] = []
+    deadline = time.monotonic() + timeout
+    quiet_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.2):
+                assert msg.error() is None, msg.error()
+                out.append((msg.key(), msg.value()))
+            if len(out) >= expect:
+                quiet_until = quiet_until or time.monotonic() + settle
+                if time.monotonic() >= quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc = proc
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, token: str | None = TOKEN
+    ) -> tuple[int, dict[str, Any] | str]:
+        req = urllib.request.Request(self.base + path, data=body, method=method)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        try:
+            return status, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return status, raw.decode()
+
+    def post(self, doc: Any, **kw: Any) -> tuple[int, Any]:
+        return self.request("POST", "/v1/posts", orjson.dumps(doc), **kw)
+
+
+def start_server(settings: Settings, **env_overrides: str) -> Server:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
+    env.update(
+        {
+            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "TOPICS__RAW": settings.topics.raw,
+            "TOPICS__DLQ": settings.topics.dlq,
+            "INGEST__HTTP_TOKEN": TOKEN,
+            "INGEST__MAX_BODY_BYTES": "20000",
+            **env_overrides,
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulse.cli", "ingest", "http", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    srv = Server(port, proc)
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        try:
+            if srv.request("GET", "/healthz", token=None)[0] == 200:
+                return srv
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the HTTP source did not come up"
+        time.sleep(0.2)
+
+
+def stop_server(srv: Server) -> None:
+    if srv.proc.poll() is None:
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[Server]:
+    srv = start_server(settings)
+    yield srv
+    stop_server(srv)
+
+
+def post(i: int, **overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": f"web:{i}",
+        "platform": "web",
+        "author": {"id": "u1"},
+        "text": f"Hello #Acme number {i}",
+        "lang": "en",
+        "created_at": "2026-11-28T10:00:00Z",
+    }
+    doc.update(overrides)
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def test_posts_are_accepted_only_after_the_broker_acknowledged(server: Server, settings: Settings) -> None:
+    assert server.post(post(1)) == (202, {"accepted": 1, "duplicates": 0})
+    # 202 means acknowledged: the record is readable right away, not eventually
+    assert [k for k, _ in read_topic(settings, settings.topics.raw, expect=1, timeout=10, settle=0)] == [
+        b"web:1"
+    ]
+    assert server.post([post(2), post(3), post(1)]) == (202, {"accepted": 2, "duplicates": 1})
+    posts = {k: decode(v, RawPost) for k, v in read_topic(settings, settings.topics.raw, expect=3)}
+    assert sorted(posts) == [b"web:1", b"web:2", b"web:3"]
+    assert posts[b"web:2"].hashtags == ("acme",) and posts[b"web:2"].text == "Hello #Acme number 2"
+
+
+def test_wrong_or_missing_token_is_401(server: Server, settings: Settings) -> None:
+    assert server.post(post(1), token=None)[0] == 401
+    assert server.post(post(1), token="guess")[0] == 401
+    assert read_topic(settings, settings.topics.raw, expect=1, timeout=3) == []
+
+
+def test_oversize_body_is_413(server: Server, settings: Settings) -> None:
+    big = [post(i, text="x" * 1000) for i in range(30)]  # ~33 kB > 20 kB
+    status, body = server.post(big)
+    assert status == 413, body
+    assert read_topic(settings, settings.topics.raw, expect=1, timeout=3) == []
+
+
+def test_invalid_posts_are_400_naming_the_field_and_are_dead_lettered(
+    server: Server, settings: Settings
+) -> None:
+    status, body = server.post([post(1), post(2, created_at="not a time"), post(3, author={"handle": "x"})])
+    assert status == 400
+    assert body["error"].startswith("invalid post: field 'posts[1].created_at'")
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "created_at"), (2, "author.id")]
+    status, body = server.post(post(4, id=""))
+    assert status == 400 and "field 'id'" in body["error"]
+    assert server.request("POST", "/v1/posts", b"{nope")[0] == 400
+    # nothing of a rejected request is published, and a corrected retry is not a "duplicate"
+    assert server.post([post(1), post(2)]) == (202, {"accepted": 2, "duplicates": 0})
+    assert sorted(k for k, _ in read_topic(settings, settings.topics.raw, expect=2)) == [b"web:1", b"web:2"]
+    letters = [decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=3)]
+    assert [(d.reason, d.source) for d in letters] == [("validation", "http")] * 3
+    assert orjson.loads(letters[0].original)["created_at"] == "not a time"
+
+
+def test_health_metrics_and_a_clean_sigterm(server: Server) -> None:
+    assert server.post(post(9)) == (202, {"accepted": 1, "duplicates": 0})
+    status, text = server.request("GET", "/metrics", token=None)
+    assert status == 200
+    assert 'pulse_messages_total{outcome="published",stage="ingest"} 1.0' in str(text)
+    server.proc.send_signal(signal.SIGTERM)
+    _, err = server.proc.communicate(timeout=30)
+    assert server.proc.returncode == 0, err.decode()
+
+
+def test_202_waits_for_the_broker_acknowledgement(settings: Settings) -> None:
+    # A 2 s linger holds every record in the producer for 2 s: a 202 sooner could not be an ack.
+    srv = start_server(settings, INGEST__LINGER_MS="2000")
+    try:
+        started = time.monotonic()
+        assert srv.post(post(1)) == (202, {"accepted": 1, "duplicates": 0})
+        assert time.monotonic() - started >= 1.5
+        assert [k for k, _ in read_topic(settings, settings.topics.raw, expect=1, timeout=5, settle=0)] == [
+            b"web:1"
+        ]
+    finally:
+        stop_server(srv)
+
+
+def test_no_ack_in_time_is_503_and_the_retry_is_not_called_a_duplicate(settings: Settings) -> None:
+    srv = start_server(settings, INGEST__LINGER_MS="3000", INGEST__HTTP_ACK_TIMEOUT_S="0.5")
+    try:
+        status, body = srv.post(post(1))
+        assert status == 503 and "did not acknowledge" in body["error"]
+        # at-least-once: the post was not remembered as seen, so the client's retry is accepted again
+        assert srv.post(post(1))[0] == 503
+    finally:
+        stop_server(srv)

@@ -1,0 +1,230 @@
+"""`pulse ingest mastodon` against a local server speaking Mastodon's streaming API (SSE), into the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from confluent_kafka import Consumer
+
+from pulse.settings import Settings
+from schemas import DeadLetter, RawPost, decode
+
+pytestmark = pytest.mark.timeout(120)
+TOKEN = "masto-token"
+
+
+def status(n: int, content: str, language: str | None = "en", **overrides: Any) -> dict[str, Any]:
+    doc = {
+        "id": f"11356544293839{n:04d}",
+        "created_at": f"2026-11-28T12:00:{n:02d}.000Z",
+        "in_reply_to_id": None,
+        "in_reply_to_account_id": None,
+        "sensitive": False,
+        "spoiler_text": "",
+        "visibility": "public",
+        "language": language,
+        "uri": f"https://chaos.social/users/ann/statuses/11356544293839{n:04d}",
+        "url": f"https://chaos.social/@ann/11356544293839{n:04d}",
+        "replies_count": 0,
+        "reblogs_count": 0,
+        "favourites_count": 0,
+        "edited_at": None,
+        "content": content,
+        "reblog": None,
+        "account": {
+            "id": "109",
+            "username": "ann",
+            "acct": "ann",
+            "display_name": "Ann Example",
+            "url": "https://chaos.social/@ann",
+            "bot": False,
+        },
+        "media_attachments": [],
+        "mentions": [],
+        "tags": [{"name": "acme", "url": "https://chaos.social/tags/acme"}],
+        "emojis": [],
+        "card": None,
+        "poll": None,
+    }
+    doc.update(overrides)
+    return doc
+
+
+def sse(event: str, data: Any) -> bytes:
+    body = data if isinstance(data, str) else orjson.dumps(data).decode()
+    return f"event: {event}\ndata: {body}\n\n".encode()
+
+
+HASHTAG = '<a href="https://chaos.social/tags/acme" class="mention hashtag" rel="tag">#<span>acme</span></a>'
+FIRST = [  # the first connection sends these, then drops
+    b":)\n\n",
+    sse("update", status(1, f"<p>Acme support fixed it in minutes {HASHTAG}</p>")),
+    sse("delete", "113565442938390099"),
+    sse("update", status(2, f"<p>Acme outage again?<br>{HASHTAG}</p>", language=None)),
+]
+SECOND = [
+    sse(
+        "update", status(2, f"<p>Acme outage again?<br>{HASHTAG}</p>", language=None)
+    ),  # seen before the drop
+    sse("update", status(3, "<p>bad</p>", created_at=None)),  # a dead letter: no event time
+    sse("update", status(4, "<p>Boost</p>", reblog=status(1, "<p>x</p>"))),  # a boost is not a new post
+    b":thump\n\n",
+    sse("update", status(5, f"<p>Le nouveau téléphone Acme est génial {HASHTAG}</p>", language="fr")),
+]
+
+
+class FakeMastodon:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str]] = []  # (path, tag, authorization)
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(
+            (request.path, request.query.get("tag", ""), request.headers.get("Authorization", ""))
+        )
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"error": "The access token is invalid"}, status=401)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        first = len(self.requests) == 1
+        for chunk in FIRST if first else SECOND:
+            await resp.write(chunk)
+            await asyncio.sleep(0.05)
+        if first:
+            assert request.transport is not None
+            request.transport.abort()  # the connection is lost mid-stream
+            return resp
+        while self._stop is not None and not self._stop.is_set():
+            await resp.write(b":thump\n\n")
+            await asyncio.sleep(0.5)
+        return resp
+
+    def run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            app = web.Application()
+            app.router.add_get("/api/v1/streaming/hashtag", self.stream)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            self._ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        asyncio.run(main())
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, daemon=True).start()
+        assert self._ready.wait(10)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+
+@pytest.fixture
+def mastodon() -> Iterator[FakeMastodon]:
+    server = FakeMastodon()
+    server.start()
+    yield server
+    server.stop()
+
+
+def read_topic(
+    settings: Settings, topic: str, expect: int, timeout: float = 30.0, settle: float = 2.0
+) -> list[tuple[bytes | None, bytes]]:
+    consumer = Consumer(
+        settings.kafka.config(
+            **{
+                "group.id": f"t-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    out: list[tuple[bytes | None, bytes]] = []
+    deadline = time.monotonic() + timeout
+    quiet_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.2):
+                assert msg.error() is None, msg.error()
+                out.append((msg.key(), msg.value()))
+            if len(out) >= expect:
+                quiet_until = quiet_until or time.monotonic() + settle
+                if time.monotonic() >= quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+def test_mastodon_updates_arrive_once_across_a_reconnect(settings: Settings, mastodon: FakeMastodon) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
+    env.update(
+        {
+            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "TOPICS__RAW": settings.topics.raw,
+            "TOPICS__DLQ": settings.topics.dlq,
+            "INGEST__RECONNECT_MAX_S": "1",
+            "MASTODON_TOKEN": TOKEN,
+        }
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pulse.cli",
+            "ingest",
+            "mastodon",
+            "--instance",
+            f"http://127.0.0.1:{mastodon.port}",
+            "--hashtag",
+            "#acme",
+            "--metrics-port",
+            "-1",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        got = read_topic(settings, settings.topics.raw, expect=3)
+        letters = [
+            decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=1, settle=0)
+        ]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+
+    posts = {k: decode(v, RawPost) for k, v in got}
+    assert len(got) == len(posts) == 3
+    base = "mastodon:https://chaos.social/users/ann/statuses/11356544293839"
+    assert sorted(posts) == [f"{base}0001".encode(), f"{base}0002".encode(), f"{base}0005".encode()]
+    p1, p2, p5 = (posts[f"{base}000{n}".encode()] for n in (1, 2, 5))
+    assert p1.text == "Acme support fixed it in minutes #acme" and p1.hashtags == ("acme",)
+    assert (p1.author.handle, p1.lang, p5.lang) == ("ann@127.0.0.1", "en", "fr")
+    assert p2.text == "Acme outage again? #acme" and p2.lang == "en"  # detected: the status had none
+    assert [(d.reason, d.stage) for d in letters] == [("validation", "ingest")]
+    assert "created_at" in letters[0].error and orjson.loads(letters[0].original)["id"].endswith("0003")
+    assert [r[:2] for r in mastodon.requests[:2]] == [("/api/v1/streaming/hashtag", "acme")] * 2
+    assert all(r[2] == f"Bearer {TOKEN}" for r in mastodon.requests)

@@ -1,0 +1,131 @@
+"""The ingest core over batches: dead letters with reasons and original bytes, dedup, language detection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from schemas import RawPost, decode
+from workers.ingest.dedup import RecentIds
+from workers.ingest.language import Py3LangidDetector
+from workers.ingest.mapping import parse_mapping
+from workers.ingest.pipeline import Batch, Item, Pipeline
+from workers.ingest.records import RecordBuilder
+
+NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
+
+
+class FakeDetector:
+    """Says 'xx' for everything, and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def detect(self, texts: Sequence[str]) -> list[str]:
+        self.asked.extend(texts)
+        return ["xx"] * len(texts)
+
+
+def line(**overrides: Any) -> bytes:
+    record: dict[str, Any] = {
+        "id": "p1",
+        "platform": "test",
+        "author": {"id": "u"},
+        "text": "hello world",
+        "lang": "en",
+        "created_at": "2026-11-28T11:00:00Z",
+    }
+    record.update(overrides)
+    return orjson.dumps({k: v for k, v in record.items() if v is not None})
+
+
+def pipeline(detector: Any = None, window: int = 100, mapping: Any = None) -> Pipeline:
+    return Pipeline(
+        RecordBuilder(), detector or FakeDetector(), RecentIds(window), mapping, clock=lambda: NOW
+    )
+
+
+def test_bad_records_become_dead_letters_with_reason_original_bytes_and_line() -> None:
+    bad_json, no_author = b'{"id": "p2", "text": ', line(id="p3", author=None)
+    out = pipeline().process(Batch([line(), bad_json, b"", no_author, b"[1, 2]"], "posts.jsonl", 10))
+    assert [p.key for p in out.posts] == [b"p1"]
+    assert [(d.reason, d.original, d.source, d.stage) for d in out.dead] == [
+        ("decode", bad_json, "posts.jsonl:11", "ingest"),
+        ("validation", no_author, "posts.jsonl:13", "ingest"),
+        ("decode", b"[1, 2]", "posts.jsonl:14", "ingest"),
+    ]
+    assert "not valid JSON" in out.dead[0].error
+    assert "field 'author'" in out.dead[1].error
+    assert [i for i, _ in out.rejected] == [1, 3, 4]
+
+
+def test_duplicates_are_counted_not_published_even_across_batches() -> None:
+    p = pipeline()
+    first = p.process(Batch([line(id="a"), line(id="b"), line(id="a")]))
+    second = p.process(Batch([line(id="b"), line(id="c")]))
+    assert [x.key for x in first.posts] == [b"a", b"b"] and first.duplicates == [2]
+    assert [x.key for x in second.posts] == [b"c"] and second.duplicates == [0]
+
+
+def test_only_posts_without_a_source_language_are_detected_in_one_call() -> None:
+    detector = FakeDetector()
+    out = pipeline(detector).process(
+        Batch([line(id="a"), line(id="b", lang=None, text="bonjour  tout le monde")])
+    )
+    assert detector.asked == ["bonjour tout le monde"]
+    assert [decode(p.value, RawPost).lang for p in out.posts] == ["en", "xx"]
+
+
+def test_real_detector_finds_languages_and_says_und_when_unsure() -> None:
+    out = pipeline(Py3LangidDetector()).process(
+        Batch(
+            [
+                line(id="a", lang=None, text="Der Kundendienst ist eine Katastrophe, niemand antwortet mir"),
+                line(
+                    id="b", lang=None, text="El servicio es terrible, llevo dos horas esperando una respuesta"
+                ),
+                line(id="c", lang=None, text="ok 👍 @acme #win"),
+            ]
+        )
+    )
+    assert [decode(p.value, RawPost).lang for p in out.posts] == ["de", "es", "und"]
+
+
+def test_items_from_sources_carry_their_own_origin_and_problems() -> None:
+    items = [
+        Item(
+            b"raw",
+            {
+                "id": "q",
+                "platform": "t",
+                "author": {"id": "u"},
+                "text": "x",
+                "created_at": "2026-11-28T11:00:00Z",
+            },
+        ),
+        Item(b"a,b", origin="rows.csv:7", problem="CSV row has 2 fields, the header has 3"),
+    ]
+    out = pipeline().process(Batch(items, "rows.csv"))
+    assert [p.key for p in out.posts] == [b"q"]
+    assert [(d.reason, d.source, d.original) for d in out.dead] == [("decode", "rows.csv:7", b"a,b")]
+
+
+def test_mapping_reads_foreign_layouts() -> None:
+    foreign = orjson.dumps(
+        {
+            "tweet_id": 9,
+            "body": "hi there",
+            "ts": "2026-11-28T11:00:00Z",
+            "user": {"name": "zed"},
+            "platform": "twitter",
+            "lang": "en",
+        }
+    )
+    out = pipeline(
+        mapping=parse_mapping(["id=tweet_id,text=body,created_at=ts,author.id=user.name"])
+    ).process(Batch([foreign]))
+    post = decode(out.posts[0].value, RawPost)
+    assert (post.id, post.text, post.author.id, post.platform) == ("9", "hi there", "zed", "twitter")

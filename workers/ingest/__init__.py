@@ -1,0 +1,1 @@
+"""Ingest: sources → normalise → validate → dedup → posts.raw (see docs/ingest.md)."""

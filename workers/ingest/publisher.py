@@ -1,0 +1,215 @@
+"""The Kafka edge of ingest: an idempotent producer keyed by post id, backpressure, dead letters, metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from pulse import kafka, metrics
+from pulse.settings import Settings
+from schemas import DeadLetter
+from workers.ingest.pipeline import STAGE, Post
+
+log = logging.getLogger(__name__)
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+# Broker answers that condemn one record rather than the connection: dead-letter it, keep going.
+_RECORD_ERRORS = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD}
+_LATENCY_SAMPLE = 64  # observe produce→ack latency for one message in this many (histograms cost ~1 µs)
+
+
+class PublishError(RuntimeError):
+    """Delivery failed after librdkafka's own retries (message.timeout.ms): the process must exit non-zero."""
+
+
+class Publisher:
+    """Thread-safe. ``publish`` blocks (polling) while the producer queue is full: sources slow down."""
+
+    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.topics.raw
+        self.dlq = settings.topics.dlq
+        ingest = settings.ingest
+        self.producer = producer or kafka.producer(
+            settings,
+            STAGE,
+            **{
+                "queue.buffering.max.messages": ingest.queue_max_messages,
+                "batch.num.messages": ingest.batch_num_messages,
+                "message.timeout.ms": ingest.delivery_timeout_ms,
+                "on_delivery": self._delivered,
+            },
+        )
+        self.error: KafkaError | None = None
+        self.published = 0
+        self.failed = 0
+        self.dead_lettered = 0
+        self.blocked_s = 0.0
+        self._sample = 0
+        self._exported = 0
+        self._rejected: list[DeadLetter] = []
+        self._lock = threading.Lock()
+        self._published_metric = metrics.MESSAGES.labels(STAGE, "published")
+        self._latency = metrics.LATENCY.labels(STAGE, "produce")
+        self._queue = metrics.QUEUE_DEPTH.labels(STAGE, "producer")
+
+    # -- delivery reports (called from poll()/flush(), on whichever thread polls) -------------------
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            if msg.topic() == self.topic:
+                self.published += 1
+            return
+        if err.code() in _RECORD_ERRORS and msg.topic() != self.dlq:
+            self._dead_letter_rejected(err, msg)
+            return
+        self.failed += 1
+        if self.error is None:
+            self.error = err
+        log.error("delivery failed", extra={"stage": STAGE, "topic": msg.topic(), "error": err.str()})
+
+    def _dead_letter_rejected(self, err: KafkaError, msg: Message) -> None:
+        value = msg.value() or b""
+        letter = kafka.dead_letter(
+            STAGE,
+            "too_large" if err.code() == KafkaError.MSG_SIZE_TOO_LARGE else "rejected",
+            f"broker rejected the record: {err.str()}",
+            value,
+            key=msg.key(),
+            source=msg.topic(),
+        )
+        self._rejected.append(letter)  # produced after poll() returns: not from inside librdkafka's callback
+
+    def check(self) -> None:
+        """Raise ``PublishError`` once any delivery has failed for good."""
+        if self.error is not None:
+            raise PublishError(f"delivery to {self.topic} failed: {self.error.str()}")
+
+    # -- producing --------------------------------------------------------------------------------
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: DeliveryCallback | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Produce one record, waiting while the local queue is full (backpressure, never a drop)."""
+        producer = self.producer
+        while True:
+            try:
+                if on_delivery is None:
+                    producer.produce(topic, value, key)
+                else:
+                    producer.produce(topic, value, key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                started = time.perf_counter()
+                producer.poll(0.05)
+                self.blocked_s += time.perf_counter() - started
+                self.check()
+
+    def publish(self, key: bytes, value: bytes, on_delivery: DeliveryCallback | None = None) -> None:
+        """Produce a post to the raw topic; ``on_delivery`` (if any) hears its own acknowledgement."""
+        self._sample += 1
+        if on_delivery is not None or self._sample >= _LATENCY_SAMPLE:
+            self._sample = 0
+            on_delivery = self._timed(time.perf_counter(), on_delivery)
+        self.produce(self.topic, key, value, on_delivery)
+
+    def publish_many(self, posts: Iterable[Post]) -> None:
+        """``publish`` for a batch, with the per-post work kept to the produce call itself."""
+        produce = self.producer.produce
+        topic = self.topic
+        for post in posts:
+            self._sample += 1
+            if self._sample >= _LATENCY_SAMPLE:
+                self.publish(post.key, post.value)
+                continue
+            try:
+                produce(topic, post.value, post.key)
+            except BufferError:
+                self.produce(topic, post.key, post.value)
+
+    def delivery(self, then: DeliveryCallback) -> DeliveryCallback:
+        """A per-message callback for a raw-topic post that also does the producer-wide bookkeeping."""
+        return self._timed(time.perf_counter(), then)
+
+    def _timed(self, started: float, then: DeliveryCallback | None) -> DeliveryCallback:
+        # A per-message callback replaces the producer-wide one, so it does that one's work too.
+        def done(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                self._latency.observe(time.perf_counter() - started)
+            self._delivered(err, msg)
+            if then is not None:
+                then(err, msg)
+
+        return done
+
+    def dead_letter(self, letter: DeadLetter, on_delivery: DeliveryCallback | None = None) -> None:
+        self.dead_lettered += 1
+        while True:
+            try:
+                kafka.publish_dead_letter(self.producer, self.dlq, letter, on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+                self.check()
+
+    def poll(self, timeout: float = 0) -> None:
+        """Serve delivery reports and export counters; call it often (a few times per batch)."""
+        self.producer.poll(timeout)
+        while self._rejected:
+            self.dead_letter(self._rejected.pop(0))
+        self._queue.set(len(self.producer))
+        self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Move the delivered count into the Prometheus counter (batched: a Counter.inc per post costs)."""
+        with self._lock:
+            pending = self.published - self._exported
+            if pending:
+                self._published_metric.inc(pending)
+                self._exported = self.published
+
+    def flush(self, timeout: float) -> int:
+        """Wait for every in-flight record to be acknowledged; returns how many are still in flight."""
+        remaining = int(self.producer.flush(timeout))
+        if self._rejected:
+            self.poll()
+            remaining = int(self.producer.flush(timeout))
+        self._queue.set(remaining)
+        self.flush_metrics()
+        return remaining
+
+    def close(self) -> None:
+        """Release the producer now (it and this object reference each other through the delivery
+        callback, so without this only a GC pass would disconnect it). Flush first."""
+        producer = self.__dict__.pop("producer", None)
+        if producer is not None:
+            producer.poll(0)
+            del producer
+
+    def in_flight(self) -> int:
+        return len(self.producer)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Fail fast (with a message) when the broker or the topic is not there."""
+        try:
+            md = self.producer.list_topics(self.topic, timeout=timeout)
+        except KafkaException as exc:
+            raise PublishError(
+                f"cannot reach the broker at {self.settings.kafka.bootstrap_servers}: {exc}"
+            ) from None
+        topic = md.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            raise PublishError(f"topic {self.topic} is not there: run 'pulse topics apply'")
+
+
+def count(outcome: str, n: int = 1) -> None:
+    if n:
+        metrics.MESSAGES.labels(STAGE, outcome).inc(n)

@@ -1,0 +1,310 @@
+"""Canonical input records → RawPost wire bytes, without a pydantic model per record.
+
+``build`` checks every constraint of ``schemas.RawPost`` itself and emits exactly the bytes
+``schemas.encode`` would for the same post (field order, UTC 'Z' timestamps, nulls, lists); the unit
+tests pin both against the codec. Per-record pydantic validation costs more than everything else in
+ingest together, and this keeps the contract without it. A record that fails a check raises the
+codec's own ``DecodeError`` naming the field, which ingest turns into a dead letter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import orjson
+
+from schemas import DecodeError
+from workers.ingest.normalise import (
+    extract_hashtags,
+    extract_mentions,
+    extract_urls,
+    normalise_lang,
+    normalise_text,
+)
+
+_PLATFORM = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+WIRE_OPTIONS = orjson.OPT_UTC_Z
+MAX_ID = 512
+MAX_TEXT = 100_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _fail(field: str, problem: str) -> DecodeError:
+    return DecodeError("RawPost", field, problem)
+
+
+class Built(NamedTuple):
+    """A post ready to publish, except for its language when the source did not give one.
+
+    (The fast path returns a plain tuple of the same shape: building a NamedTuple costs more.)
+    """
+
+    key: str
+    doc: dict[str, Any]  # the wire document, in RawPost field order
+    created_at: datetime
+    needs_lang: bool
+
+
+def encode_doc(doc: dict[str, Any]) -> bytes:
+    """The wire bytes of a built document: what ``schemas.encode`` gives for the same RawPost."""
+    return orjson.dumps(doc, option=WIRE_OPTIONS)
+
+
+def wire_time(value: datetime) -> str:
+    """A UTC datetime as the codec writes it (RFC 3339, 'Z', microseconds only when non-zero)."""
+    return orjson.dumps(value, option=WIRE_OPTIONS)[1:-1].decode()
+
+
+def _string(value: Any, field: str, *, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise _fail(field, "is required")
+        return None
+    if isinstance(value, str):
+        return value
+    # Foreign layouts often carry numeric ids (tweet ids, account ids); their decimal form is the id.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _fail(field, f"expected a string, got {type(value).__name__}")
+
+
+def parse_time(value: Any, field: str) -> datetime:
+    """RFC 3339 / ISO 8601 with an offset, or Unix epoch seconds (milliseconds when it is that large)."""
+    if isinstance(value, str):
+        if value[:1].isdigit() and value.isascii() and value.replace(".", "", 1).isdigit():
+            return parse_time(float(value) if "." in value else int(value), field)  # CSV epoch columns
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _fail(field, f"not an ISO 8601 timestamp: {value[:40]!r}") from None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise _fail(field, "timestamp has no timezone offset (add 'Z' or '+00:00')")
+        return parsed.astimezone(UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value / 1000 if abs(value) >= 100_000_000_000 else value
+        try:
+            return _EPOCH + timedelta(seconds=seconds)
+        except OverflowError:
+            raise _fail(field, f"epoch value out of range: {value}") from None
+    if value is None:
+        raise _fail(field, "is required")
+    raise _fail(field, f"expected a timestamp, got {type(value).__name__}")
+
+
+def source_links(value: Any) -> tuple[str, ...]:
+    """Links the source knows in full (Bluesky facets; the text shows them shortened): http(s) only."""
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(v for v in value if isinstance(v, str) and v.startswith(("https://", "http://")))
+
+
+def _merge(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(first + second)) if first else second
+
+
+class RecordBuilder:
+    """Builds wire documents from canonical input records (see ``workers.ingest.mapping``)."""
+
+    def __init__(self, default_platform: str | None = None) -> None:
+        if default_platform is not None and not _PLATFORM.match(default_platform):
+            raise ValueError(f"platform {default_platform!r} must match {_PLATFORM.pattern}")
+        self.default_platform = default_platform
+        self._platforms: set[str] = set()  # platforms already checked: a handful per process
+        self.time_shift = timedelta(0)  # replays: move event times (see FileSource --retime / --loop)
+        self.id_suffix = ""  # replays: a new id per pass of a looped file, per run of a retimed one
+        self.run_suffix = ""
+        self.retime_pending = False  # set: shift event times so that the first record happens at ingest time
+        self._lang_cache: dict[str, str | None] = {}  # source language tags seen, normalised: a few dozen
+        self.passes = 0
+        self._first: datetime | None = None  # event-time span of the records built so far (unshifted)
+        self._last: datetime | None = None
+
+    def retime(self, run: str) -> None:
+        """Replay as new traffic: event times start now, and ids get ``~run`` so another run of the same
+        file is new posts too (a plain replay keeps its ids, and dedup drops what was published)."""
+        self.retime_pending = True
+        self.run_suffix = f"~{run}"
+        self.id_suffix = self.run_suffix + self.id_suffix
+
+    def next_pass(self) -> None:
+        """A looped replay starts over: new ids, and event times moved past the previous pass."""
+        self.passes += 1
+        self.id_suffix = f"{self.run_suffix}#{self.passes}"
+        if self._first is not None and self._last is not None:
+            self.time_shift += (self._last - self._first) + timedelta(seconds=1)
+
+    def build(self, record: Any, ingested_at: datetime | str) -> Built:
+        """The wire document for ``record``, or ``DecodeError`` naming the offending field.
+
+        ``ingested_at`` may be given pre-formatted (``wire_time``): a batch shares one.
+        """
+        if type(record) is dict:
+            built = self.fast(record, ingested_at)
+            if built is not None:
+                return built  # type: ignore[return-value]
+        return self.checked(record, ingested_at)
+
+    def fast(
+        self, record: dict[str, Any], ingested_at: datetime | str
+    ) -> tuple[str, dict[str, Any], datetime, bool] | None:
+        """``build`` for the common case, or None: then ``build`` decides (and names what is wrong)."""
+        # The common case, with exact type checks and no helper calls; anything unusual (numbers
+        # for ids, offsets other than UTC, missing fields, '@handle') returns None for checked,
+        # which decides carefully and says what is wrong. Both paths produce the same document.
+        try:
+            post_id = record["id"]
+            author = record["author"]
+            text = record["text"]
+            created = record["created_at"]
+            author_id = author["id"]
+        except (KeyError, TypeError):
+            return None
+        platform = record.get("platform") or self.default_platform
+        if "links" in record:
+            return None  # source-given links: the careful path merges them
+        if not (
+            type(post_id) is str
+            and type(text) is str
+            and type(created) is str
+            and type(author_id) is str
+            and type(platform) is str
+            and platform in self._platforms
+            and self._last is not None
+            and not self.retime_pending
+            and author_id
+            and type(author) is dict
+        ):
+            return None
+        if self.id_suffix:
+            post_id += self.id_suffix
+        if not 0 < len(post_id) <= MAX_ID:
+            return None
+        handle = author.get("handle")
+        display_name = author.get("display_name")
+        if not (
+            (handle is None or (type(handle) is str and handle[:1] != "@"))
+            and (display_name is None or type(display_name) is str)
+        ):
+            return None
+        lang = record.get("lang")
+        if lang is not None:
+            if type(lang) is not str or lang not in self._lang_cache:
+                return None
+            lang = self._lang_cache[lang]
+        url = record.get("url")
+        if url is not None and type(url) is not str:
+            return None
+        try:
+            created_at = datetime.fromisoformat(created)
+        except ValueError:
+            return None
+        if created_at.tzinfo is not UTC:
+            return None
+        if created_at > self._last:
+            self._last = created_at
+        if self.time_shift:
+            created_at += self.time_shift
+
+        if text.isascii() and text.isprintable():
+            # printable ASCII has no whitespace but ' ', so only doubled or outer spaces need collapsing
+            if "  " in text or text[:1] == " " or text[-1:] == " ":
+                text = " ".join(text.split())
+        else:
+            text = normalise_text(text)
+        if len(text) > MAX_TEXT:
+            return None
+        doc = {
+            "schema_version": 1,
+            "id": post_id,
+            "platform": platform,
+            "author": {"id": author_id, "handle": handle, "display_name": display_name},
+            "text": text,
+            "lang": lang or "und",
+            "created_at": created_at,
+            "ingested_at": ingested_at,
+            "url": url,
+            "urls": extract_urls(text) if "://" in text else (),
+            "mentions": extract_mentions(text) if "@" in text else (),
+            "hashtags": extract_hashtags(text) if "#" in text else (),
+        }
+        return post_id, doc, created_at, lang is None
+
+    def checked(self, record: Any, ingested_at: datetime | str) -> Built:
+        if not isinstance(record, Mapping):
+            raise DecodeError("RawPost", "", f"expected a JSON object, got {type(record).__name__}")
+        get = record.get
+
+        post_id = _string(get("id"), "id", required=True)
+        assert post_id is not None
+        if self.id_suffix:
+            post_id += self.id_suffix
+        if not post_id or len(post_id) > MAX_ID:
+            raise _fail("id", f"must be 1 to {MAX_ID} characters, got {len(post_id)}")
+
+        platform = get("platform") or self.default_platform
+        if not isinstance(platform, str) or platform not in self._platforms:
+            if platform is None:
+                raise _fail("platform", "is required (or give the source a default platform)")
+            if not isinstance(platform, str) or len(platform) > 64 or not _PLATFORM.match(platform):
+                raise _fail("platform", f"must be lower-case [a-z0-9_.-], up to 64 characters: {platform!r}")
+            self._platforms.add(platform)
+
+        author = get("author")
+        if isinstance(author, Mapping):
+            author_id = _string(author.get("id"), "author.id", required=True)
+            handle = _string(author.get("handle"), "author.handle", required=False)
+            display_name = _string(author.get("display_name"), "author.display_name", required=False)
+        elif author is None:
+            raise _fail("author", "is required")
+        else:
+            raise _fail("author", f"expected an object with an id, got {type(author).__name__}")
+        if not author_id:
+            raise _fail("author.id", "must not be empty")
+        if handle is not None and handle.startswith("@"):
+            handle = handle[1:]
+
+        text = get("text")
+        if not isinstance(text, str):
+            raise _fail(
+                "text", "is required" if text is None else f"expected a string, got {type(text).__name__}"
+            )
+        text = normalise_text(text)
+        if len(text) > MAX_TEXT:
+            raise _fail("text", f"longer than {MAX_TEXT} characters ({len(text)})")
+
+        raw_lang = get("lang")
+        lang = normalise_lang(raw_lang)
+        if isinstance(raw_lang, str) and len(self._lang_cache) < 10_000:
+            self._lang_cache[raw_lang] = lang
+        created_at = parse_time(get("created_at"), "created_at")
+        if self._first is None or self._last is None:
+            self._first = self._last = created_at
+        elif created_at > self._last:
+            self._last = created_at
+        if self.retime_pending:
+            self.retime_pending = False
+            now = ingested_at if isinstance(ingested_at, datetime) else datetime.fromisoformat(ingested_at)
+            self.time_shift = now - created_at
+        if self.time_shift:
+            created_at += self.time_shift
+
+        url = _string(get("url"), "url", required=False)
+
+        doc = {
+            "schema_version": 1,
+            "id": post_id,
+            "platform": platform,
+            "author": {"id": author_id, "handle": handle, "display_name": display_name},
+            "text": text,
+            "lang": lang or "und",
+            "created_at": created_at,
+            "ingested_at": ingested_at,
+            "url": url,
+            "urls": _merge(source_links(get("links")), extract_urls(text)),
+            "mentions": extract_mentions(text),
+            "hashtags": extract_hashtags(text),
+        }
+        return Built(post_id, doc, created_at, lang is None)

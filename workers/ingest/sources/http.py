@@ -1,0 +1,246 @@
+"""The HTTP source: ``POST /v1/posts`` (one post or an array), bearer auth, 202 once the broker acked.
+
+Replies: 401 without the right bearer token; 413 for a body over ``INGEST__MAX_BODY_BYTES``; 400
+naming the offending field (by index, for arrays) when any post is invalid — then nothing of that
+request is published, and each invalid post is also dead-lettered; 503 when the broker did not
+acknowledge in time (nothing of the request is counted as seen, so a retry is not a duplicate);
+202 ``{"accepted": n, "duplicates": d}`` once every new post is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import threading
+from typing import Any
+
+import orjson
+from aiohttp import web
+from confluent_kafka import KafkaError, Message
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pulse.settings import Settings
+from workers.ingest.mapping import FieldMapping
+from workers.ingest.pipeline import STAGE, Batch, Item, Pipeline
+from workers.ingest.publisher import Publisher, PublishError, count
+
+log = logging.getLogger(__name__)
+
+
+def _json(status: int, body: dict[str, Any], **headers: str) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+class HttpSource:
+    name = "http"
+
+    def __init__(
+        self, pipeline: Pipeline, publisher: Publisher, token: str | None, max_body: int, ack_timeout: float
+    ) -> None:
+        self.pipeline = pipeline
+        self.publisher = publisher
+        self.token = token.encode() if token else None
+        self.max_body = max_body
+        self.ack_timeout = ack_timeout
+        self.failed = asyncio.Event()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_post("/v1/posts", self.posts)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        ok = self.publisher.error is None
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.publisher.flush_metrics()
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _authorised(self, request: web.Request) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)
+
+    async def posts(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            count("unauthorised")
+            return _json(401, {"error": "missing or wrong bearer token"}, **{"WWW-Authenticate": "Bearer"})
+        if request.content_length is not None and request.content_length > self.max_body:
+            count("too_large")
+            return _json(413, {"error": f"body over {self.max_body} bytes"})
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            count("too_large")
+            return _json(413, {"error": f"body over {self.max_body} bytes"})
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _json(400, {"error": f"not valid JSON: {exc}"})
+        many = isinstance(doc, list)
+        values = doc if many else [doc]
+        if not values:
+            return _json(400, {"error": "expected a post or a non-empty array of posts"})
+        # a dead letter keeps the client's own bytes for a single post, the element's JSON in an array
+        items = [Item(orjson.dumps(v) if many else body, v, origin="http") for v in values]
+        outcome = self.pipeline.process(Batch(items, "http"), dedup=False)
+        if outcome.rejected:
+            for letter in outcome.dead:
+                self.publisher.dead_letter(letter)
+            count("dead_letter", len(outcome.dead))
+            errors = [{"index": i, "field": e.field, "problem": e.problem} for i, e in outcome.rejected]
+            first = errors[0]
+            where = f"posts[{first['index']}]." if many else ""
+            return _json(
+                400,
+                {
+                    "error": f"invalid post: field '{where}{first['field']}': {first['problem']}",
+                    "errors": errors,
+                },
+            )
+
+        seen = self.pipeline.dedup
+        fresh = []
+        for post in outcome.posts:
+            key = post.key.decode()
+            if key in seen or not seen.add(key):
+                continue
+            fresh.append(post)
+        duplicates = len(outcome.posts) - len(fresh)
+        count("duplicate", duplicates)
+        try:
+            await self._publish(fresh)
+        except (TimeoutError, PublishError) as exc:
+            for post in fresh:
+                seen.discard(post.key.decode())
+            return _json(503, {"error": f"the broker did not acknowledge: {exc}"}, **{"Retry-After": "5"})
+        return _json(202, {"accepted": len(fresh), "duplicates": duplicates})
+
+    async def _publish(self, posts: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        futures = []
+        deadline = loop.time() + self.ack_timeout
+        for post in posts:
+            future: asyncio.Future[None] = loop.create_future()
+            futures.append(future)
+
+            def done(err: KafkaError | None, msg: Message, future: asyncio.Future[None] = future) -> None:
+                loop.call_soon_threadsafe(_settle, future, err)
+
+            while True:
+                try:
+                    self.publisher.producer.produce(
+                        self.publisher.topic, post.value, post.key, on_delivery=self.publisher.delivery(done)
+                    )
+                    break
+                except BufferError:  # the producer queue is full: wait for it, the client waits for us
+                    if loop.time() > deadline:
+                        raise TimeoutError("producer queue full") from None
+                    await asyncio.sleep(0.01)
+        async with asyncio.timeout(max(0.0, deadline - loop.time())):
+            await asyncio.gather(*futures)
+
+
+def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(PublishError(err.str()))
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str | None,
+    port: int | None,
+    platform: str | None,
+    mapping: FieldMapping | None,
+    warm: bool,
+    metrics_port: int | None,
+    no_auth: bool = False,
+) -> int:
+    import sys
+
+    from workers.ingest import app as wiring
+
+    token = settings.ingest.http_token.get_secret_value() if settings.ingest.http_token else None
+    if token is None and not no_auth:
+        print(
+            "pulse ingest: error: set INGEST__HTTP_TOKEN (or pass --no-auth for a local demo)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        pipeline, publisher = wiring.pipeline(settings, platform, mapping, warm=warm)
+    except (PublishError, ValueError) as exc:
+        print(f"pulse ingest: error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(
+        _serve(
+            settings,
+            pipeline,
+            publisher,
+            token,
+            host or settings.ingest.http_host,
+            settings.ingest.http_port if port is None else port,
+        )
+    )
+
+
+async def _serve(
+    settings: Settings, pipeline: Pipeline, publisher: Publisher, token: str | None, host: str, port: int
+) -> int:
+    source = HttpSource(
+        pipeline, publisher, token, settings.ingest.max_body_bytes, settings.ingest.http_ack_timeout_s
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    polling = threading.Event()
+
+    def poll() -> None:  # delivery reports fire here and hand results to the loop
+        while not polling.is_set():
+            publisher.poll(0.1)
+            if publisher.error is not None:
+                loop.call_soon_threadsafe(stop.set)
+                return
+
+    poller = threading.Thread(target=poll, name="ingest-http-poll", daemon=True)
+    poller.start()
+    runner = web.AppRunner(source.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    log.info("accepting posts", extra={"stage": STAGE, "url": f"http://{host}:{bound}/v1/posts"})
+    await stop.wait()
+    log.info("stopping: finishing requests and flushing", extra={"stage": STAGE})
+    await runner.cleanup()  # stops accepting, lets in-flight requests finish
+    polling.set()
+    poller.join()
+    remaining = await asyncio.to_thread(publisher.flush, settings.ingest.flush_timeout_s)
+    publisher.close()
+    if remaining or publisher.error is not None:
+        log.error(
+            "stopped with records not acknowledged",
+            extra={
+                "stage": STAGE,
+                "in_flight": remaining,
+                "error": publisher.error and publisher.error.str(),
+            },
+        )
+        return 1
+    log.info("stopped", extra={"stage": STAGE, "published": publisher.published})
+    return 0
