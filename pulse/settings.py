@@ -136,7 +136,14 @@ class InferenceSettings(_Section):
     require_gpu: bool = Field(False, description="Fail at start when the session falls back to CPU.")
     device_id: int = Field(0, ge=0, description="GPU to pin this worker to.")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores.")
-    model_dir: Path = Field(REPO_ROOT / "models", description="Directory of the shipped or exported models.")
+    model_dir: Path = Field(
+        REPO_ROOT / "models",
+        description="Directory of the shipped or exported models: one sub-directory per task, each with "
+        "metadata.json (or, for one set, the directories' parent).",
+    )
+    variant: Literal["int8", "fp32", "fp16"] | None = Field(
+        None, description="Model file variant; default int8 on CPU, fp16 on GPU, else fp32."
+    )
     watchlist: Path = Field(REPO_ROOT / "infra" / "watchlist.yaml", description="Brands and keywords file.")
     http_port: int = Field(9102, ge=0, description="Port of /metrics and /healthz; 0 picks a free one.")
     http_host: str = Field(
@@ -145,11 +152,25 @@ class InferenceSettings(_Section):
     queue_batches: int = Field(
         2, ge=1, description="Consumed batches that may wait for the tokeniser before partitions are paused."
     )
+    pause_after_ms: int = Field(
+        500, ge=0, description="How long a full tokeniser queue may last before partitions are paused."
+    )
     queue_micro_batches: int = Field(
         4, ge=1, description="Tokenised micro-batches that may wait for the model (bounds memory)."
     )
     drain_timeout_s: float = Field(
         30.0, gt=0, description="On SIGTERM or partition revocation: how long to wait for in-flight records."
+    )
+    assignment_strategy: str = Field(
+        "roundrobin",
+        description="partition.assignment.strategy of the worker group. Eager by default: the local broker "
+        "(noida-db 0.2.3) never completes the second phase of a cooperative-sticky rebalance, leaving the "
+        "revoked partitions unowned; cooperative-sticky is fine on Apache Kafka.",
+    )
+    instance_id: str | None = Field(
+        None,
+        description="Static group membership (group.instance.id), unique per worker, e.g. the pod name: "
+        "a restarted worker gets its partitions back at once instead of after a rebalance.",
     )
     stats_interval_ms: int = Field(
         5000, ge=0, description="librdkafka statistics period, the source of the consumer-lag gauge; 0 = off."

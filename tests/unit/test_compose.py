@@ -42,10 +42,15 @@ def _environment(body: dict[str, Any]) -> dict[str, str]:
 
 def test_the_stack_has_kafka_redis_topic_init_and_the_stages() -> None:
     services = COMPOSE["services"]
-    assert {"kafka", "redis", "topics"} <= set(services)
+    assert {"kafka", "redis", "topics", "ingest", "inference"} <= set(services)
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
-    for name in ("kafka", "redis"):
+    for name in ("kafka", "redis", "ingest", "inference"):
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
+
+
+def test_inference_reserves_a_gpu() -> None:
+    devices = COMPOSE["services"]["inference"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] for d in devices)
 
 
 @pytest.mark.parametrize("name", sorted(PULSE_SERVICES))

@@ -1,0 +1,570 @@
+"""`pulse infer` against the real local broker: exactly once in a normal run, poison to the DLQ,
+two workers sharing the partitions, SIGTERM drains, SIGKILL + restart loses nothing.
+
+The models are the shipped ones under ``models/`` when they are there (opened by the stage's own
+loader); otherwise a tiny real ONNX model pair built here in the exported layout (a bag-of-words
+sentiment and a word tagger), so the worker, the runtime classes, Kafka and ONNX Runtime are all
+real either way. The signal tests run `pulse infer` itself in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from pulse.settings import Settings
+from schemas import Author, DeadLetter, EnrichedPost, RawPost, decode, encode
+from workers.inference.loader import ModelLoadError, load_models, model_dirs
+from workers.inference.watchlist import Watchlist
+from workers.inference.worker import InferenceWorker
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "models"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+WATCHLIST = """
+brands:
+  - term: Acme
+    aliases: [Acme Cloud]
+    handles: [acme]
+keywords: [outage]
+"""
+
+# ------------------------------------------------------------------ tiny real ONNX models
+
+POSITIVE = ("good", "great", "love", "fast")
+NEGATIVE = ("bad", "awful", "hate", "outage", "down")
+COMPANIES = ("acme", "globex", "initech")
+VOCAB = ["[PAD]", "[UNK]", *POSITIVE, *NEGATIVE, *COMPANIES, "cloud", "is", "the", "again", "today"]
+
+
+def build_tiny_models(out: Path) -> Path:
+    """A sentiment and an NER model directory in the exported layout (metadata.json, tokenizer, ONNX)."""
+    onnx = pytest.importorskip("onnx", reason="building the tiny test models needs `onnx` (models/ is empty)")
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+
+    sent = np.zeros((len(VOCAB), 3), dtype=np.float32)
+    sent[:, 1] = 0.5  # neutral unless a sentiment word says otherwise
+    for w in POSITIVE:
+        sent[VOCAB.index(w), 2] = 3.0
+    for w in NEGATIVE:
+        sent[VOCAB.index(w), 0] = 3.0
+    tags = np.zeros((len(VOCAB), 3), dtype=np.float32)  # O, B-company, I-company
+    tags[:, 0] = 1.0
+    for w in COMPANIES:
+        tags[VOCAB.index(w), 1] = 4.0
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
+    seq_logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])
+    tok_logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", 3])
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    last = numpy_helper.from_array(np.array([-1], dtype=np.int64), "last")
+    sentiment_graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+            helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+            helper.make_node("Mul", ["e", "m3"], ["em"]),
+            helper.make_node("ReduceSum", ["em", "axes"], ["logits"], keepdims=0),
+        ],
+        "tiny-sentiment",
+        [ids, mask],
+        [seq_logits],
+        [numpy_helper.from_array(sent, "emb"), axes, last],
+    )
+    ner_graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),  # keep the input used
+            helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+            helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+            helper.make_node("Mul", ["e", "m3"], ["logits"]),
+        ],
+        "tiny-ner",
+        [ids, mask],
+        [tok_logits],
+        [numpy_helper.from_array(tags, "emb"), last],
+    )
+    labels = {"sentiment": ["negative", "neutral", "positive"], "ner": ["O", "B-company", "I-company"]}
+    for task, graph in (("sentiment", sentiment_graph), ("ner", ner_graph)):
+        directory = out / task
+        directory.mkdir()
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        onnx.save(model, str(directory / "model.onnx"))
+        tok.save(str(directory / "tokenizer.json"))
+        (directory / "metadata.json").write_text(
+            json.dumps(
+                {
+                    "task": task,
+                    "name": f"tiny-test-{task}",
+                    "version": "1",
+                    "labels": labels[task],
+                    "max_length": 128,
+                    "inputs": ["input_ids", "attention_mask"],
+                    "pad_token_id": 0,
+                    "files": {"fp32": "model.onnx"},
+                }
+            )
+        )
+    return out
+
+
+def shipped_models_present() -> bool:
+    try:
+        model_dirs(SHIPPED)
+    except ModelLoadError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped models when they are there, else the tiny pair (same runtime classes either way)."""
+    if shipped_models_present():
+        return SHIPPED
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+# ------------------------------------------------------------------ Kafka helpers
+
+
+def post_factory(n: int, run: str) -> list[RawPost]:
+    now = datetime.now(UTC)
+    texts = [
+        "Acme Cloud is down again, outage today",
+        "I love the great new globex phone",
+        "@acme the cloud is fast",
+        "initech",
+        "the",
+        "bad bad bad " * 40,
+    ]
+    return [
+        RawPost(
+            id=f"test:{run}:{i}",
+            platform="test",
+            author=Author(id=f"a{i % 17}"),
+            text=f"{texts[i % len(texts)]} #{i}",
+            created_at=now,
+            ingested_at=now,
+        )
+        for i in range(n)
+    ]
+
+
+def produce(
+    settings: Settings,
+    records: Sequence[tuple[bytes | None, bytes | None]],
+    partition: Callable[[int], int] | None = None,
+) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 5})
+    for i, (key, value) in enumerate(records):
+        if partition is None:
+            producer.produce(settings.topics.raw, key=key, value=value)
+        else:
+            producer.produce(settings.topics.raw, key=key, value=value, partition=partition(i))
+        if i % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def produce_posts(settings: Settings, posts: Sequence[RawPost]) -> None:
+    produce(settings, [(p.id.encode(), encode(p)) for p in posts])
+
+
+def read_all(settings: Settings, topic: str, at_least: int = 0, timeout: float = 60.0) -> list[Any]:
+    """Every record in ``topic`` once at least ``at_least`` are there, up to the high watermarks."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        parts = [TopicPartition(topic, p) for p in meta.partitions]
+        deadline = time.monotonic() + timeout
+        while True:
+            highs = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+            if sum(highs.values()) >= at_least or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        consumer.assign([TopicPartition(topic, p, 0) for p in highs])
+        out: list[Any] = []
+        positions = {p: 0 for p in highs}
+        while any(positions[p] < highs[p] for p in highs) and time.monotonic() < deadline + 30:
+            for msg in consumer.consume(500, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                part, offset = msg.partition() or 0, msg.offset() or 0
+                positions[part] = offset + 1
+                if offset < highs[part]:
+                    out.append(msg)
+        return out
+    finally:
+        consumer.close()
+
+
+def committed(settings: Settings) -> dict[int, int]:
+    topic = settings.topics.raw
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": settings.inference.group_id,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        got = consumer.committed([TopicPartition(topic, p) for p in meta.partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in got}
+    finally:
+        consumer.close()
+
+
+def high_watermarks(settings: Settings) -> dict[int, int]:
+    topic = settings.topics.raw
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "hw"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.partitions
+        }
+    finally:
+        consumer.close()
+
+
+def enriched_ids(settings: Settings, at_least: int = 0) -> Counter[str]:
+    return Counter(
+        decode(m.value(), EnrichedPost).post.id
+        for m in read_all(settings, settings.topics.enriched, at_least)
+    )
+
+
+@pytest.fixture
+def infer_settings(fresh_settings: Callable[..., Settings], model_dir: Path, tmp_path: Path) -> Settings:
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text(WATCHLIST)
+    return fresh_settings(
+        inference={
+            "group_id": f"infer-{uuid.uuid4().hex[:8]}",
+            "model_dir": model_dir,
+            "watchlist": watchlist,
+            "http_port": 0,
+            "max_wait_ms": 20,
+            "stats_interval_ms": 1000,
+            # One ONNX Runtime thread per session: two spinning pools per worker on a shared
+            # 2-core machine starve everything else (the benchmark measures the default).
+            "intra_op_threads": 1,
+            "drain_timeout_s": 20,
+        }
+    )
+
+
+class Running:
+    """A worker on a thread of this process (the signal tests use real processes instead)."""
+
+    def __init__(self, settings: Settings, model_dir: Path) -> None:
+        sentiment, entities = load_models(settings.inference)
+        self.worker = InferenceWorker(
+            settings, sentiment, entities, Watchlist.load(settings.inference.watchlist)
+        )
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.rc = self.worker.run()
+
+    def stop(self) -> int | None:
+        self.worker.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "worker did not drain and stop within 60 s"
+        return self.rc
+
+
+@pytest.fixture
+def running(model_dir: Path) -> Iterator[Callable[[Settings], Running]]:
+    started: list[Running] = []
+
+    def start(settings: Settings) -> Running:
+        started.append(Running(settings, model_dir))
+        return started[-1]
+
+    yield start
+    for r in started:
+        if r.thread.is_alive():
+            r.stop()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_every_raw_post_comes_out_enriched_exactly_once(
+    infer_settings: Settings, running: Callable[[Settings], Running]
+) -> None:
+    posts = post_factory(300 if infer_settings.inference.model_dir == SHIPPED else 600, "normal")
+    produce_posts(infer_settings, posts)
+    before = {step: step_count(step) for step in ("decode", "tokenise", "infer", "produce")}
+    enriched_before = sample("pulse_messages_total", outcome="enriched")
+    worker = running(infer_settings)
+    wait_for(
+        lambda: committed(infer_settings) == high_watermarks(infer_settings),
+        120,
+        "the worker to commit every raw offset",
+    )
+    assert worker.stop() == 0
+
+    records = [
+        decode(m.value(), EnrichedPost) for m in read_all(infer_settings, infer_settings.topics.enriched)
+    ]
+    ids = Counter(r.post.id for r in records)
+    assert set(ids) == {p.id for p in posts}
+    assert max(ids.values()) == 1, f"duplicates: {[i for i, c in ids.items() if c > 1][:5]}"
+    by_id = {r.post.id: r for r in records}
+    first = by_id[posts[0].id]  # "Acme Cloud is down again, outage today"
+    assert first.post == posts[0]
+    assert {(m.term, m.text) for m in first.matches} == {("Acme", "Acme Cloud"), ("outage", "outage")}
+    assert first.sentiment.label in first.sentiment.scores
+    assert {m.task for m in first.models} == {"sentiment", "ner"}
+    assert all(r.post.text[e.start : e.end] == e.text for r in records for e in r.entities)
+    if infer_settings.inference.model_dir != SHIPPED:  # the tiny models' answers are known
+        assert first.sentiment.label == "negative"
+        assert by_id[posts[1].id].sentiment.label == "positive"
+        assert [e.text for e in by_id[posts[1].id].entities] == ["globex"]
+    assert read_all(infer_settings, infer_settings.topics.dlq) == []
+    # The worker's metrics saw it: every step timed, every post counted, lag reported.
+    assert all(step_count(step) > before[step] for step in before)
+    assert sample("pulse_messages_total", outcome="enriched") - enriched_before == len(posts)
+    from prometheus_client import REGISTRY
+
+    topic = infer_settings.topics.raw
+    lag = [
+        REGISTRY.get_sample_value(
+            "pulse_consumer_lag", {"stage": "inference", "topic": topic, "partition": str(p)}
+        )
+        for p in range(6)
+    ]
+    assert all(v is not None and v >= 0 for v in lag), lag
+
+
+def sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, {"stage": "inference", **labels}) or 0.0
+
+
+def step_count(step: str) -> float:
+    return sample("pulse_latency_seconds_count", step=step)
+
+
+def test_poison_records_go_to_the_dlq_with_provenance_and_do_not_stall_their_partition(
+    infer_settings: Settings, running: Callable[[Settings], Running]
+) -> None:
+    posts = post_factory(120, "poison")
+    good = [(p.id.encode(), encode(p)) for p in posts]
+    poison: list[tuple[bytes | None, bytes | None]] = [
+        (b"bad-json", b"{not json"),
+        (
+            b"missing-text",
+            b'{"id":"x","platform":"t","author":{"id":"a"},'
+            b'"created_at":"2026-01-01T00:00:00Z","ingested_at":"2026-01-01T00:00:00Z"}',
+        ),
+        (b"no-value", None),
+    ]
+    # All into partition 0, poison first: the good records behind them must still come out.
+    records = poison + good
+    produce(infer_settings, records, partition=lambda i: 0)
+    worker = running(infer_settings)
+    wait_for(
+        lambda: committed(infer_settings).get(0) == len(records),
+        120,
+        "partition 0 to be committed to its end",
+    )
+    assert worker.stop() == 0
+
+    ids = enriched_ids(infer_settings)
+    assert sorted(ids) == sorted(p.id for p in posts) and max(ids.values()) == 1
+    letters = [decode(m.value(), DeadLetter) for m in read_all(infer_settings, infer_settings.topics.dlq)]
+    assert sorted((dl.key, dl.offset) for dl in letters) == [
+        (b"bad-json", 0),
+        (b"missing-text", 1),
+        (b"no-value", 2),
+    ]
+    for dl in letters:
+        assert dl.stage == "inference" and dl.reason == "decode"
+        assert dl.topic == infer_settings.topics.raw and dl.partition == 0
+        assert dl.offset is not None and dl.original == (records[dl.offset][1] or b"")
+    assert "field 'text'" in next(dl.error for dl in letters if dl.key == b"missing-text")
+
+
+def test_two_workers_in_one_group_split_the_partitions(
+    infer_settings: Settings, running: Callable[[Settings], Running]
+) -> None:
+    a, b = running(infer_settings), running(infer_settings)
+    wait_for(
+        lambda: (
+            bool(a.worker._consumer.assignment())
+            and bool(b.worker._consumer.assignment())
+            and len(a.worker._consumer.assignment()) + len(b.worker._consumer.assignment()) == 6
+        ),
+        60,
+        "both workers to own partitions",
+    )
+    owned_a = {tp.partition for tp in a.worker._consumer.assignment()}
+    owned_b = {tp.partition for tp in b.worker._consumer.assignment()}
+    assert owned_a.isdisjoint(owned_b) and owned_a | owned_b == set(range(6))
+
+    posts = post_factory(300 if infer_settings.inference.model_dir == SHIPPED else 600, "split")
+    produce_posts(infer_settings, posts)
+    wait_for(
+        lambda: committed(infer_settings) == high_watermarks(infer_settings), 120, "every offset committed"
+    )
+    assert a.stop() == 0 and b.stop() == 0
+    assert a.worker.delivered > 0 and b.worker.delivered > 0
+    assert a.worker.delivered + b.worker.delivered == len(posts)
+    ids = enriched_ids(infer_settings)
+    assert set(ids) == {p.id for p in posts} and max(ids.values()) == 1
+
+
+# ------------------------------------------------------------------ real processes and signals
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INFERENCE__"))}
+    env.update(
+        {
+            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "TOPICS__RAW": settings.topics.raw,
+            "TOPICS__ENRICHED": settings.topics.enriched,
+            "TOPICS__DLQ": settings.topics.dlq,
+            "INFERENCE__GROUP_ID": settings.inference.group_id,
+            "INFERENCE__MODEL_DIR": str(settings.inference.model_dir),
+            "INFERENCE__WATCHLIST": str(settings.inference.watchlist),
+            "INFERENCE__HTTP_PORT": "0",
+            "INFERENCE__MAX_WAIT_MS": "20",
+            "INFERENCE__BATCH_SIZE": "32",
+            "INFERENCE__INTRA_OP_THREADS": "1",
+            # The restarted process is the same replica (as a pod restarted by its StatefulSet): static
+            # membership hands it the partitions back at once, where a new member would wait for the
+            # broker to expire the killed one.
+            "INFERENCE__INSTANCE_ID": f"{settings.inference.group_id}-0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def start_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "pulse.cli", "infer"]
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=_env(settings), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError(
+            f"worker did not exit within 60 s of SIGTERM; log:\n{log.read_text()[-3000:]}"
+        ) from None
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_worker_stopped_mid_stream_and_restarted_loses_nothing(
+    how: str, infer_settings: Settings, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    # Enough posts that the stop lands mid-stream: the tiny models are ~10x faster than the shipped.
+    shipped = infer_settings.inference.model_dir == SHIPPED
+    posts = post_factory(800 if shipped else 6000, how)
+    log = tmp_path / "worker.log"
+    first = start_process(infer_settings, log)
+
+    # A live stream, so the stop lands while records are in flight; the last fifth arrives only
+    # after the stop, so the restarted worker always has work the first one never saw.
+    before_stop, after_stop = posts[: len(posts) * 4 // 5], posts[len(posts) * 4 // 5 :]
+
+    def trickle() -> None:
+        for start in range(0, len(before_stop), 50):  # ~500 posts/s: past the first auto-commit
+            produce_posts(infer_settings, before_stop[start : start + 50])
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=trickle)
+    try:
+        feeder.start()
+        wait_for(
+            lambda: sum(committed(infer_settings).values()) >= (100 if shipped else 300),
+            120,
+            "the first worker to make progress",
+        )
+        time.sleep(1.5)  # between two auto-commits: delivered but not yet committed records exist
+        if how == "SIGKILL":
+            first.kill()
+            assert first.wait(10) == -signal.SIGKILL
+        else:
+            assert _stop(first, log) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+        feeder.join(120)
+    at_stop = sum(committed(infer_settings).values())
+    produce_posts(infer_settings, after_stop)
+
+    second = start_process(infer_settings, log)
+    try:
+        wait_for(
+            lambda: committed(infer_settings) == high_watermarks(infer_settings),
+            180,
+            "the restarted worker to commit every offset",
+        )
+        assert _stop(second, log) == 0, log.read_text()[-3000:]
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait(10)
+
+    ids = enriched_ids(infer_settings, len(posts))
+    missing = {p.id for p in posts} - set(ids)
+    duplicates = sum(c - 1 for c in ids.values())
+    record_property("duplicates", duplicates)
+    print(
+        f"\n{how}: {len(posts)} posts, committed {at_stop} at the stop, {duplicates} duplicates after restart"
+    )
+    assert not missing, f"{len(missing)} posts lost, e.g. {sorted(missing)[:3]}"
+    assert set(ids) == {p.id for p in posts}
+    if how == "SIGTERM":
+        assert duplicates == 0, "a drained worker committed what it produced: a restart must not repeat it"

@@ -1,0 +1,371 @@
+"""The worker loop against in-memory fakes of the consumer, producer and models (no sockets).
+
+The real broker runs in tests/integration; here the fakes make the timing-dependent guarantees
+checkable: backpressure bounds what is in flight, offsets never run ahead of deliveries, a failed
+delivery or model stops the worker with exit code 1 without storing past the failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+
+from pulse.settings import Settings, load
+from schemas import Author, DeadLetter, EnrichedPost, Entity, ModelRef, RawPost, Sentiment, decode, encode
+from workers.inference.watchlist import Watchlist
+from workers.inference.worker import InferenceWorker
+
+pytestmark = pytest.mark.timeout(60)
+
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+class FakeMessage:
+    def __init__(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        self._t, self._p, self._o, self._k, self._v = topic, partition, offset, key, value
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def value(self) -> bytes | None:
+        return self._v
+
+    def error(self) -> None:
+        return None
+
+
+class FakeConsumer:
+    """Partitions of in-memory records; paused partitions return nothing, like librdkafka."""
+
+    def __init__(self, records: Mapping[int, Sequence[bytes | None]], topic: str = "posts.raw") -> None:
+        self.topic = topic
+        self.queues = {
+            p: [FakeMessage(topic, p, o, b"k", v) for o, v in enumerate(vals)] for p, vals in records.items()
+        }
+        self.paused: set[int] = set()
+        self.pause_calls = 0
+        self.stored: dict[int, int] = {}
+        self.commits = 0
+        self.consumed = 0
+        self.lock = threading.Lock()
+        self.on_store: Callable[[int, int], None] = lambda p, o: None
+        self.callbacks: dict[str, Any] = {}
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+        callbacks["on_assign"](self, self.assignment())
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in self.queues]
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        out: list[FakeMessage] = []
+        for p, q in self.queues.items():
+            while q and p not in self.paused and len(out) < num_messages:
+                out.append(q.pop(0))
+        self.consumed += len(out)
+        if not out:
+            time.sleep(min(max(timeout, 0), 0.01))
+        return out
+
+    def pause(self, parts: list[TopicPartition]) -> None:
+        self.pause_calls += 1
+        self.paused |= {tp.partition for tp in parts}
+
+    def resume(self, parts: list[TopicPartition]) -> None:
+        self.paused -= {tp.partition for tp in parts}
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            self.on_store(tp.partition, tp.offset)
+            self.stored[tp.partition] = tp.offset
+
+    def commit(self, asynchronous: bool = True) -> None:
+        self.commits += 1
+
+    def close(self) -> None:
+        self.callbacks["on_revoke"](self, self.assignment())
+
+
+class FakeProducer:
+    """Records every produce; delivers on poll (or fails records whose value ``fail`` picks)."""
+
+    def __init__(self, fail: Callable[[bytes], bool] = lambda v: False) -> None:
+        self.pending: list[tuple[str, bytes | None, bytes, Callable[..., None]]] = []
+        self.delivered: list[tuple[str, bytes | None, bytes]] = []
+        self.fail = fail
+        self.produced = 0
+        self.lock = threading.Lock()
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None = None,
+        value: bytes = b"",
+        on_delivery: Callable[..., None] | None = None,
+    ) -> None:
+        assert on_delivery is not None, "every record needs a delivery report: offsets depend on it"
+        with self.lock:
+            self.pending.append((topic, key, value, on_delivery))
+            self.produced += 1
+
+    def poll(self, timeout: float = 0) -> int:
+        with self.lock:
+            batch, self.pending = self.pending, []
+        for topic, key, value, callback in batch:
+            if self.fail(value):
+                callback(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+            else:
+                self.delivered.append((topic, key, value))
+                callback(None, None)
+        return len(batch)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll()
+        return 0
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+
+class FakeSentiment:
+    ref = ModelRef(task="sentiment", name="fake", version="1")
+
+    def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
+        self.delay, self.fail_on = delay, fail_on
+        self.batch_lengths: list[list[int]] = []
+
+    def tokenize(self, texts: Sequence[str]) -> list[str]:
+        self.batch_lengths.append([len(t) for t in texts])
+        return list(texts)
+
+    def infer(self, encoded: list[str]) -> list[Sentiment]:
+        time.sleep(self.delay)
+        if self.fail_on and any(self.fail_on in t for t in encoded):
+            raise RuntimeError("model exploded")
+        return [
+            Sentiment(label="negative" if "bad" in t else "neutral", scores={"negative": 0.5, "neutral": 0.5})
+            for t in encoded
+        ]
+
+
+class FakeEntities:
+    ref = ModelRef(task="ner", name="fake", version="1")
+
+    def tokenize(self, texts: Sequence[str]) -> list[str]:
+        return list(texts)
+
+    def infer(self, encoded: list[str]) -> list[tuple[Entity, ...]]:
+        out: list[tuple[Entity, ...]] = []
+        for text in encoded:
+            i = text.find("Acme")
+            out.append(
+                ()
+                if i < 0
+                else (Entity(type="company", text="Acme", start=i, end=i + 4, normalized="acme", score=0.9),)
+            )
+        return out
+
+
+def post_bytes(i: int, text: str = "Acme is bad") -> bytes:
+    return encode(
+        RawPost(
+            id=f"t:{i}",
+            platform="test",
+            author=Author(id="a"),
+            text=f"{text} {'x' * (i % 7)}",
+            created_at=NOW,
+            ingested_at=NOW,
+        )
+    )
+
+
+def fake_settings(**inference: Any) -> Settings:
+    return load(
+        inference={
+            "batch_size": 8,
+            "micro_batch": 4,
+            "max_wait_ms": 5,
+            "stats_interval_ms": 0,
+            "drain_timeout_s": 5,
+            **inference,
+        }
+    )
+
+
+def run_until(worker: InferenceWorker, done: Callable[[], bool], timeout: float = 20) -> int:
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()))
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.01)
+    worker.stop()
+    thread.join(timeout)
+    assert not thread.is_alive()
+    return result[0]
+
+
+def make(
+    records: Mapping[int, Sequence[bytes | None]],
+    producer: FakeProducer | None = None,
+    sentiment: FakeSentiment | None = None,
+    **inference: Any,
+) -> tuple[InferenceWorker, FakeConsumer, FakeProducer]:
+    consumer = FakeConsumer(records)
+    producer = producer if producer is not None else FakeProducer()
+    worker = InferenceWorker(
+        fake_settings(**inference),
+        sentiment or FakeSentiment(),
+        FakeEntities(),
+        Watchlist.from_dict({"brands": ["Acme"]}),
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=producer,  # type: ignore[arg-type]
+        clock=lambda: NOW,
+    )
+    return worker, consumer, producer
+
+
+def test_every_record_enriched_once_in_order_of_consumption_and_offsets_stored_to_the_end() -> None:
+    records: dict[int, list[bytes | None]] = {
+        0: [post_bytes(i) for i in range(50)],
+        1: [post_bytes(100 + i) for i in range(30)],
+    }
+    worker, consumer, producer = make(records)
+    assert run_until(worker, lambda: consumer.stored == {0: 50, 1: 30}) == 0
+    enriched = [decode(v, EnrichedPost) for t, _, v in producer.delivered]
+    assert sorted(e.post.id for e in enriched) == sorted(
+        [f"t:{i}" for i in range(50)] + [f"t:{100 + i}" for i in range(30)]
+    )
+    first = enriched[0]
+    assert first.sentiment.label == "negative" and first.entities[0].text == "Acme"
+    assert [(m.term, m.text) for m in first.matches] == [("Acme", "Acme")]
+    assert {k for _, k, _ in producer.delivered} == {e.post.id.encode() for e in enriched}  # key = post id
+    assert consumer.commits >= 1
+
+
+def test_micro_batches_reach_the_model_length_sorted_and_bounded() -> None:
+    sentiment = FakeSentiment()
+    worker, consumer, _ = make({0: [post_bytes(i) for i in range(64)]}, sentiment=sentiment)
+    run_until(worker, lambda: consumer.stored == {0: 64})
+    assert all(len(b) <= 4 for b in sentiment.batch_lengths)
+    assert all(b == sorted(b) for b in sentiment.batch_lengths)
+
+
+def test_a_slow_model_pauses_the_partitions_and_bounds_what_is_in_flight() -> None:
+    n = 400
+    producer = FakeProducer()
+    worker, consumer, _ = make(
+        {0: [post_bytes(i) for i in range(n // 2)], 1: [post_bytes(i + n) for i in range(n // 2)]},
+        producer=producer,
+        sentiment=FakeSentiment(delay=0.01),
+        queue_batches=1,
+        pause_after_ms=0,
+        queue_micro_batches=1,
+    )
+    in_flight: list[int] = []
+    original = consumer.consume
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        # Inside the worker: consumed, not yet handed to the producer (whose queue librdkafka bounds).
+        in_flight.append(consumer.consumed - producer.produced)
+        return original(num_messages, timeout)
+
+    consumer.consume = consume  # type: ignore[method-assign]
+    assert run_until(worker, lambda: consumer.stored == {0: n // 2, 1: n // 2}, timeout=40) == 0
+    assert consumer.pause_calls > 0
+    assert not consumer.paused, "partitions left paused"
+    # pending + waiting + queued + one in each step, in batches of 8: far below the 400 available.
+    assert max(in_flight) <= 8 * 7, max(in_flight)
+
+
+def test_offsets_never_run_ahead_of_deliveries() -> None:
+    producer = FakeProducer()
+    worker, consumer, _ = make({0: [post_bytes(i) for i in range(120)]}, producer=producer)
+
+    def check(partition: int, offset: int) -> None:
+        delivered = {decode(v, EnrichedPost).post.id for _, _, v in producer.delivered}
+        assert {f"t:{i}" for i in range(offset)} <= delivered, (
+            f"stored {offset} before its records were delivered"
+        )
+
+    consumer.on_store = check
+    assert run_until(worker, lambda: consumer.stored == {0: 120}) == 0
+
+
+def test_poison_goes_to_the_dlq_with_provenance_and_the_partition_moves_on() -> None:
+    records: dict[int, list[bytes | None]] = {0: [b"{oops", post_bytes(1), None, post_bytes(3)]}
+    worker, consumer, producer = make(records)
+    assert run_until(worker, lambda: consumer.stored == {0: 4}) == 0
+    by_topic: dict[str, list[bytes]] = {}
+    for topic, _, value in producer.delivered:
+        by_topic.setdefault(topic, []).append(value)
+    letters = [decode(v, DeadLetter) for v in by_topic["posts.dlq"]]
+    assert [(dl.offset, dl.partition, dl.topic, dl.reason, dl.stage, dl.original) for dl in letters] == [
+        (0, 0, "posts.raw", "decode", "inference", b"{oops"),
+        (2, 0, "posts.raw", "decode", "inference", b""),
+    ]
+    assert sorted(decode(v, EnrichedPost).post.id for v in by_topic["posts.enriched"]) == ["t:1", "t:3"]
+
+
+def test_a_failed_delivery_stops_the_worker_without_storing_past_it() -> None:
+    producer = FakeProducer(fail=lambda v: b'"t:5"' in v)
+    worker, consumer, _ = make({0: [post_bytes(i) for i in range(20)]}, producer=producer)
+    assert run_until(worker, lambda: False, timeout=3) == 1
+    assert consumer.stored.get(0, 0) <= 5  # t:5 is offset 5: never stored past it
+
+
+def test_a_model_failure_stops_the_worker_with_exit_code_1() -> None:
+    worker, consumer, _ = make(
+        {0: [post_bytes(i) for i in range(20)] + [post_bytes(99, "boom")]},
+        sentiment=FakeSentiment(fail_on="boom"),
+    )
+    assert run_until(worker, lambda: False, timeout=3) == 1
+    assert consumer.stored.get(0, 0) <= 20
+    assert not worker.healthy()
+
+
+def test_revocation_drains_and_commits_the_revoked_partitions_and_drops_what_was_not_started() -> None:
+    worker, consumer, producer = make(
+        {0: [post_bytes(i) for i in range(40)], 1: [post_bytes(100 + i) for i in range(40)]},
+        batch_size=100,
+        max_wait_ms=2_000,
+    )
+    revoked: list[int] = []
+    original = consumer.consume
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        if consumer.consumed >= 80 and not revoked:
+            # As librdkafka does, inside the next poll: the batch is still filling (max_wait 2 s),
+            # so partition 1 goes before any of its records started.
+            revoked.append(1)
+            before = consumer.commits
+            consumer.callbacks["on_revoke"](consumer, [TopicPartition("posts.raw", 1)])
+            assert consumer.commits == before + 1
+            del consumer.queues[1]
+        return original(num_messages, timeout)
+
+    consumer.consume = consume  # type: ignore[method-assign]
+    assert run_until(worker, lambda: consumer.stored.get(0) == 40, timeout=20) == 0
+    ids = [decode(v, EnrichedPost).post.id for _, _, v in producer.delivered]
+    assert sorted(ids) == sorted(f"t:{i}" for i in range(40)), (
+        "records of the revoked partition were produced"
+    )
+    assert 1 not in consumer.stored

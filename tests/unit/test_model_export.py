@@ -1,0 +1,127 @@
+"""`pulse models export` end to end on a tiny randomly initialised BERT (built from a config, no download)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from workers.inference.onnx_models import OnnxEntityModel, OnnxSentimentModel  # noqa: E402
+from workers.training.export import ExportError, export_model, load_model  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+WORDS = [
+    "the",
+    "a",
+    "flight",
+    "was",
+    "great",
+    "awful",
+    "thank",
+    "you",
+    "paris",
+    "obama",
+    "apple",
+    "!",
+    "@",
+    "#",
+]
+SENT_LABELS = ["negative", "neutral", "positive"]
+NER_LABELS = ["O", "B-person", "I-person", "B-company", "I-company"]
+
+
+def _tiny_checkpoint(root: Path, task: str) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and a word-level vocab, saved like a hub checkpoint."""
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
+    labels = SENT_LABELS if task == "sentiment" else NER_LABELS
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    torch.manual_seed(0)
+    cls = (
+        transformers.BertForSequenceClassification
+        if task == "sentiment"
+        else transformers.BertForTokenClassification
+    )
+    cls(config).save_pretrained(str(root))
+    tok.save_pretrained(str(root))
+    return root
+
+
+def _export(tmp_path: Path, task: str, **kwargs: object) -> tuple[Path, Path, dict]:
+    hf = _tiny_checkpoint(tmp_path / "hf", task)
+    out = tmp_path / "onnx"
+    with warnings.catch_warnings():
+        # The TorchScript exporter warns about tracing and its own deprecation; not ours to fix.
+        warnings.simplefilter("ignore")
+        meta = export_model(hf, task, out, max_length=128, **kwargs)
+    return hf, out, meta
+
+
+def test_sentiment_export_matches_pytorch_and_writes_metadata(tmp_path: Path) -> None:
+    hf, out, meta = _export(tmp_path, "sentiment", int8=True)
+    written = json.loads((out / "metadata.json").read_text())
+    assert written["task"] == "sentiment"
+    assert written["labels"] == SENT_LABELS
+    assert written["max_length"] == 64  # capped by the model's position embeddings
+    assert written["opset"] >= 17
+    assert written["version"] and written["source"]["hf_dir"] == str(hf)
+    assert written["files"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert meta["check"]["fp32"]["max_abs_diff"] < 1e-4
+    for name in ("model.onnx", "model.int8.onnx", "tokenizer.json"):
+        assert (out / name).is_file()
+
+    # Dynamic axes: the runtime runs batches and lengths the trace never saw, and matches PyTorch.
+    texts = ["thank you", "the flight was awful ! " * 5, "", "a"]
+    model = OnnxSentimentModel(out, variant="fp32", intra_op_threads=1)
+    probs = model.probabilities(texts, batch_size=3)
+    ref_model = load_model(hf, "sentiment")
+    tok = transformers.AutoTokenizer.from_pretrained(str(hf))
+    enc = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.inference_mode():
+        ref = torch.softmax(ref_model(**enc).logits, -1).numpy()
+    assert probs.shape == (4, 3)
+    np.testing.assert_allclose(probs, ref, atol=1e-4)
+    assert [s.label for s in model.predict(texts)] == [SENT_LABELS[i] for i in ref.argmax(1)]
+
+
+def test_ner_export_runs_in_the_entity_runtime(tmp_path: Path) -> None:
+    _, out, meta = _export(tmp_path, "ner", int8=True)
+    assert meta["check"]["fp32"]["max_abs_diff"] < 1e-4
+    model = OnnxEntityModel(out, intra_op_threads=1)
+    assert model.variant == "int8"
+    texts = ["obama thanks apple in paris", "", "🙂 " * 300]
+    results = model.predict(texts)
+    assert len(results) == 3
+    for text, ents in zip(texts, results, strict=True):
+        for e in ents:
+            assert text[e.start : e.end] == e.text
+            assert e.type in {"person", "company"}
+
+
+def test_export_fails_when_logits_differ_beyond_tolerance(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="differ from PyTorch"):
+        _export(tmp_path, "sentiment", tolerance=-1.0)
+
+
+def test_export_refuses_opset_below_17(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="opset"):
+        export_model(tmp_path, "sentiment", tmp_path / "out", opset=16)

@@ -1,0 +1,402 @@
+"""ONNX Runtime sentiment and entity models: each owns its session and tokenizer (no torch, no transformers).
+
+A model directory is what `pulse models export` writes: ``metadata.json`` (task, labels, max length,
+inputs, files), ``tokenizer.json`` and one or more of ``model.onnx`` / ``model.int8.onnx`` /
+``model.fp16.onnx``. Everything the runtime needs is read from the metadata, so a user's exported
+checkpoint (another architecture, other labels) loads the same way as the shipped defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from schemas import Entity, ModelRef, Sentiment
+from workers.inference.bio import tag_spans
+
+log = logging.getLogger("pulse.inference.models")
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+GPU_PROVIDERS = frozenset(
+    {
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+        "ROCMExecutionProvider",
+        "MIGraphXExecutionProvider",
+    }
+)
+VARIANTS = ("int8", "fp32", "fp16")
+
+# Tweet-style words, close to how the WNUT-16 training tweets were tokenised: URLs, @handles and
+# #hashtags stay whole, words keep inner apostrophes/hyphens, every other symbol is its own word.
+_WORD = re.compile(r"https?://\S+|www\.\S+|[@#]?\w+(?:[-'’]\w+)*|[^\w\s]", re.UNICODE)
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory is missing files or its metadata does not fit the requested model class."""
+
+
+class GpuUnavailableError(RuntimeError):
+    """A GPU was required but the session would run (or fell back) on CPU."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What `metadata.json` says about an exported model."""
+
+    task: str
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    max_length: int
+    inputs: tuple[str, ...]
+    pad_token_id: int
+    files: dict[str, str]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> ModelMetadata:
+        path = Path(model_dir) / "metadata.json"
+        if not path.is_file():
+            raise ModelLoadError(f"{path} not found; export a model with `pulse models export`")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            return cls(
+                task=str(raw["task"]),
+                name=str(raw.get("name") or Path(model_dir).name),
+                version=str(raw["version"]),
+                labels=tuple(raw["labels"]),
+                max_length=int(raw["max_length"]),
+                inputs=tuple(raw.get("inputs", ("input_ids", "attention_mask"))),
+                pad_token_id=int(raw.get("pad_token_id", 0)),
+                files=dict(raw["files"]),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: bad metadata ({exc!r})") from exc
+
+
+def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """Requested providers in order, aliases expanded, unavailable ones dropped; CPU when none is left."""
+    out: list[str] = []
+    for name in requested:
+        full = PROVIDER_ALIASES.get(name.strip().lower(), name.strip())
+        if full in available and full not in out:
+            out.append(full)
+    return out or ["CPUExecutionProvider"]
+
+
+def choose_variant(files: dict[str, str], providers: Sequence[str], variant: str | None) -> str:
+    """int8 on CPU, fp16 on GPU, fp32 otherwise, unless a variant is asked for by name."""
+    if variant is not None:
+        if variant not in files:
+            raise ModelLoadError(f"variant {variant!r} not exported (have {sorted(files)})")
+        return variant
+    on_gpu = providers[0] in GPU_PROVIDERS
+    for candidate in ("fp16", "fp32") if on_gpu else ("int8", "fp32"):
+        if candidate in files:
+            return candidate
+    return next(iter(files))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def normalise_entity(text: str) -> str:
+    """Case- and whitespace-folded form of an entity, without a leading @/# and edge punctuation."""
+    folded = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    stripped = folded.lstrip("@#").strip(" .,;:!?\"'“”‘’()[]{}")
+    return stripped or folded
+
+
+def case_flag(word: str) -> int:
+    """1 when a word starts with a capital (after @/#): the case feature of uncased NER encoders."""
+    core = word.lstrip("@#")
+    return int(bool(core) and core[0].isupper())
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """(word, start, end) with character offsets into `text`."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """A tokenised, padded micro-batch; opaque to the stage, handed back to `infer`."""
+
+    feeds: dict[str, np.ndarray]
+    texts: tuple[str, ...]
+    word_ids: tuple[tuple[int | None, ...], ...] = ()
+    words: tuple[tuple[tuple[str, int, int], ...], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class _OnnxModel:
+    """Session + tokenizer shared by both tasks: loading, provider checks, padding, warm-up."""
+
+    task = ""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+        require_gpu: bool = False,
+        device_id: int = 0,
+        variant: str | None = None,
+        batch_size: int = 32,
+        warmup: bool = True,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.meta = ModelMetadata.from_dir(self.model_dir)
+        if self.meta.task != self.task:
+            raise ModelLoadError(f"{self.model_dir} holds a {self.meta.task!r} model, not {self.task!r}")
+        self.batch_size = batch_size
+        if require_gpu and not any(PROVIDER_ALIASES.get(p.lower(), p) in GPU_PROVIDERS for p in providers):
+            raise GpuUnavailableError(
+                f"require_gpu is set but no GPU provider was requested: {list(providers)}"
+            )
+        chosen = resolve_providers(providers, ort.get_available_providers())
+        self.variant = choose_variant(self.meta.files, chosen, variant)
+        path = self.model_dir / self.meta.files[self.variant]
+        if not path.is_file():
+            raise ModelLoadError(f"{path} not found")
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        provider_args: list[Any] = [
+            (p, {"device_id": device_id}) if p in GPU_PROVIDERS else p for p in chosen
+        ]
+        self.session = ort.InferenceSession(str(path), opts, providers=provider_args)
+        self.providers = tuple(self.session.get_providers())
+        if require_gpu and not GPU_PROVIDERS.intersection(self.providers):
+            raise GpuUnavailableError(
+                f"require_gpu is set but the session runs on {list(self.providers)} "
+                f"(available here: {ort.get_available_providers()})"
+            )
+        self._input_names = tuple(i.name for i in self.session.get_inputs())
+
+        self.tokenizer = Tokenizer.from_file(
+            str(self.model_dir / self.meta.raw.get("tokenizer", "tokenizer.json"))
+        )
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.meta.max_length)
+        log.info(
+            "model loaded task=%s name=%s version=%s variant=%s providers=%s threads=%d",
+            self.task,
+            self.meta.name,
+            self.meta.version,
+            self.variant,
+            ",".join(self.providers),
+            intra_op_threads,
+        )
+        if warmup:
+            # First runs allocate and pick kernels; pay that at start, not on the first real batch.
+            self._run(self._pad(self._encode(["warm-up", "a longer warm-up text " * 12])))
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef.model_validate(
+            {"task": self.task, "name": self.meta.name, "version": self.meta.version}
+        )
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.meta.labels
+
+    def _encode(self, texts: Sequence[str]) -> list[Encoding]:
+        return self.tokenizer.encode_batch([t if isinstance(t, str) else "" for t in texts])
+
+    def _pad(
+        self, encodings: Sequence[Encoding], type_ids: Sequence[Sequence[int]] | None = None
+    ) -> dict[str, np.ndarray]:
+        width = max((len(e.ids) for e in encodings), default=1)
+        n = len(encodings)
+        ids = np.full((n, width), self.meta.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            k = len(enc.ids)
+            ids[row, :k] = enc.ids
+            mask[row, :k] = 1
+            types[row, :k] = enc.type_ids if type_ids is None else type_ids[row]
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: feeds[name] for name in self._input_names}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if not next(iter(feeds.values())).shape[0]:
+            return np.zeros((0, 0, len(self.labels)), dtype=np.float32)
+        return self.session.run(None, feeds)[0].astype(np.float32, copy=False)
+
+    def _length_sorted(self, lengths: Sequence[int], batch_size: int | None) -> list[list[int]]:
+        size = batch_size or self.batch_size
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+class OnnxSentimentModel(_OnnxModel):
+    """Sentiment of texts: probabilities per label, arg-max label."""
+
+    task = "sentiment"
+
+    def tokenize(self, texts: Sequence[str]) -> EncodedBatch:
+        return EncodedBatch(self._pad(self._encode(texts)), tuple(texts))
+
+    def infer(self, encoded: EncodedBatch) -> list[Sentiment]:
+        if not len(encoded):
+            return []
+        probs = softmax(self._run(encoded.feeds))
+        return [self._sentiment(row) for row in probs]
+
+    def probabilities(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """[n, labels] probabilities, computed in length-sorted batches, returned in input order."""
+        encodings = self._encode(texts)
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for idx in self._length_sorted([len(e.ids) for e in encodings], batch_size):
+            out[idx] = softmax(self._run(self._pad([encodings[i] for i in idx])))
+        return out
+
+    def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[Sentiment]:
+        return [self._sentiment(row) for row in self.probabilities(texts, batch_size)]
+
+    def _sentiment(self, probs: np.ndarray) -> Sentiment:
+        scores = {label: float(p) for label, p in zip(self.labels, probs, strict=True)}
+        return Sentiment(label=self.labels[int(probs.argmax())], scores=scores)
+
+
+class OnnxEntityModel(_OnnxModel):
+    """Named entities in texts, as spans with character offsets into the original text."""
+
+    task = "ner"
+
+    def __init__(self, model_dir: Path | str, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
+        bad = [t for t in self.labels if t != "O" and not t.startswith(("B-", "I-"))]
+        if bad:
+            raise ModelLoadError(f"NER labels must be BIO tags; got {bad[:3]}")
+
+    def _encode_words(self, words: Sequence[Sequence[str]]) -> list[Encoding]:
+        return self.tokenizer.encode_batch([list(w) for w in words], is_pretokenized=True)
+
+    def _types(self, encodings: Sequence[Encoding], words: Sequence[Sequence[str]]) -> list[list[int]] | None:
+        """Token types carrying the case feature, when the model was trained with it."""
+        if not self.meta.raw.get("case_feature"):
+            return None
+        out = []
+        for enc, ws in zip(encodings, words, strict=True):
+            flags = [case_flag(w) for w in ws]
+            out.append([0 if w is None else flags[w] for w in enc.word_ids])
+        return out
+
+    def tokenize(self, texts: Sequence[str]) -> EncodedBatch:
+        words = tuple(tuple(split_words(t if isinstance(t, str) else "")) for t in texts)
+        plain = [[w for w, _, _ in ws] for ws in words]
+        encodings = self._encode_words(plain)
+        return EncodedBatch(
+            self._pad(encodings, self._types(encodings, plain)),
+            tuple(texts),
+            tuple(tuple(e.word_ids) for e in encodings),
+            words,
+        )
+
+    def infer(self, encoded: EncodedBatch) -> list[tuple[Entity, ...]]:
+        if not len(encoded):
+            return []
+        probs = softmax(self._run(encoded.feeds))
+        return [
+            self._entities(text, words, word_ids, row)
+            for text, words, word_ids, row in zip(
+                encoded.texts, encoded.words, encoded.word_ids, probs, strict=True
+            )
+        ]
+
+    def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[tuple[Entity, ...]]:
+        """Entities per text, computed in length-sorted batches, returned in input order."""
+        words = [split_words(t if isinstance(t, str) else "") for t in texts]
+        lengths = [len(ws) for ws in words]
+        out: list[tuple[Entity, ...]] = [()] * len(texts)
+        for idx in self._length_sorted(lengths, batch_size):
+            for i, ents in zip(idx, self.infer(self.tokenize([texts[i] for i in idx])), strict=True):
+                out[i] = ents
+        return out
+
+    def tag_words(self, sentences: Sequence[Sequence[str]], batch_size: int | None = None) -> list[list[str]]:
+        """BIO tag per given word (first sub-word decides; words cut by truncation are `O`)."""
+        encodings = self._encode_words(sentences)
+        types = self._types(encodings, sentences)
+        out: list[list[str]] = [["O"] * len(s) for s in sentences]
+        for idx in self._length_sorted([len(e.ids) for e in encodings], batch_size):
+            batch_types = None if types is None else [types[i] for i in idx]
+            logits = self._run(self._pad([encodings[i] for i in idx], batch_types))
+            for row, i in enumerate(idx):
+                for w, scores in _first_subwords(encodings[i].word_ids, logits[row]):
+                    out[i][w] = self.labels[int(scores.argmax())]
+        return out
+
+    def _entities(
+        self,
+        text: str,
+        words: Sequence[tuple[str, int, int]],
+        word_ids: Sequence[int | None],
+        probs: np.ndarray,
+    ) -> tuple[Entity, ...]:
+        tags = ["O"] * len(words)
+        conf = [0.0] * len(words)
+        for w, row in _first_subwords(word_ids, probs):
+            k = int(row.argmax())
+            tags[w] = self.labels[k]
+            conf[w] = float(row[k])
+        entities = []
+        for kind, first, last in tag_spans(tags):
+            start, end = words[first][1], words[last - 1][2]
+            surface = text[start:end]
+            if not surface.strip():
+                continue
+            entities.append(
+                Entity(
+                    type=kind,
+                    text=surface,
+                    start=start,
+                    end=end,
+                    normalized=normalise_entity(surface),
+                    score=float(np.mean(conf[first:last])),
+                )
+            )
+        return tuple(entities)
+
+
+def _first_subwords(word_ids: Sequence[int | None], rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(word index, scores) at the first sub-word of each word that survived truncation."""
+    out = []
+    prev = None
+    for pos, w in enumerate(word_ids):
+        if w is not None and w != prev and pos < len(rows):
+            out.append((w, rows[pos]))
+        prev = w
+    return out

