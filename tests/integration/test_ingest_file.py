@@ -263,3 +263,52 @@ def test_sigterm_flushes_what_is_in_flight_and_exits_zero(settings: Settings) ->
     assert b"published=200" in err
     keys = {k for k, _ in read_topic(settings, settings.topics.raw, expect=200, timeout=10)}
     assert len(keys) == 200
+
+
+def _runner(settings: Settings, path: Path) -> Any:
+    import threading
+
+    from workers.ingest.dedup import RecentIds
+    from workers.ingest.pipeline import Pipeline
+    from workers.ingest.publisher import Publisher
+    from workers.ingest.records import RecordBuilder
+    from workers.ingest.runner import Runner
+    from workers.ingest.sources.file import FileSource
+
+    class NoDetector:
+        def detect(self, texts: Any) -> list[str]:
+            return ["und"] * len(texts)
+
+    publisher = Publisher(settings, success_reports=False)  # as `pulse ingest file` runs it
+    pipeline = Pipeline(RecordBuilder(), NoDetector(), RecentIds(1000))
+    return Runner(
+        FileSource(str(path), "jsonl", 16), pipeline, publisher, stop=threading.Event(), flush_timeout=30
+    )
+
+
+def test_without_success_reports_the_published_count_is_exact_once_flushed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    records: list[Any] = [post(i) for i in range(60)]
+    records[7:7] = [b"{not json", post(99, author=None)]
+    runner = _runner(settings, jsonl(tmp_path / "posts.jsonl", records))
+    assert runner.run() == 0
+    assert runner.publisher.published == 60 and runner.publisher.failed == 0
+    assert runner.stats.dead_letters == 2
+    assert len(read_topic(settings, settings.topics.raw, expect=60)) == 60
+
+
+def test_without_success_reports_a_failed_delivery_still_fails_the_run(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Nothing listens on this port: every record times out in the producer after 1 s.
+    gone = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{_free_port()}"}),
+            "ingest": settings.ingest.model_copy(update={"delivery_timeout_ms": 1000}),
+        }
+    )
+    runner = _runner(gone, jsonl(tmp_path / "posts.jsonl", [post(i) for i in range(40)]))
+    assert runner.run() == 1
+    assert runner.publisher.published == 0 and runner.publisher.failed == 40
+    assert runner.publisher.error is not None

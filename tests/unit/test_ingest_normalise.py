@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from workers.ingest import normalise
 from workers.ingest.normalise import (
     extract_hashtags,
     extract_mentions,
@@ -62,3 +66,17 @@ def test_language_text_drops_urls_mentions_and_tags() -> None:
 )
 def test_source_language_tags(value: object, expected: str | None) -> None:
     assert normalise_lang(value) == expected
+
+
+# The extraction patterns put their literal first (faster); these are the plain forms they must equal.
+_MENTION_REFERENCE = re.compile(r"(?<![\w@/])@(\w[\w.-]*(?:@\w[\w.-]*\.\w+)?)")
+_HASHTAG_REFERENCE = re.compile(r"(?<![\w#&/])#(\w*[^\W\d_]\w*)")
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("#@&/_.-: aZé9\u00e9\u0301x\n")), max_size=40))
+def test_the_fast_patterns_find_what_the_plain_ones_find(text: str) -> None:
+    assert normalise._MENTION.findall(text) == _MENTION_REFERENCE.findall(text)
+    assert normalise._HASHTAG.findall(text) == _HASHTAG_REFERENCE.findall(text)
+    assert normalise._MENTION.sub(" ", text) == _MENTION_REFERENCE.sub(" ", text)
+    assert normalise._HASHTAG.sub(" ", text) == _HASHTAG_REFERENCE.sub(" ", text)

@@ -129,3 +129,37 @@ def test_mapping_reads_foreign_layouts() -> None:
     ).process(Batch([foreign]))
     post = decode(out.posts[0].value, RawPost)
     assert (post.id, post.text, post.author.id, post.platform) == ("9", "hi there", "zed", "twitter")
+
+
+def test_a_warm_batch_mixing_bulk_and_careful_records_keeps_batch_order() -> None:
+    detector = FakeDetector()
+    p = pipeline(detector)
+    p.process(Batch([line(id="warm")]))
+    records = [
+        line(id="a"),
+        orjson.dumps(
+            {
+                "id": 5,
+                "platform": "test",
+                "author": {"id": "u"},
+                "text": "numeric id",
+                "lang": "en",
+                "created_at": "2026-11-28T11:00:00Z",
+            }
+        ),
+        b"{broken",
+        line(id="b", lang=None, text="needs a language"),
+        line(id="a"),  # a duplicate of the first
+        line(id="c", created_at="2026-11-28T12:00:00+01:00"),
+        line(id="d"),
+    ]
+    out = p.process(Batch(records, "mixed.jsonl", 1))
+    assert [p.key for p in out.posts] == [b"a", b"5", b"b", b"c", b"d"]
+    assert out.keys == ["a", "5", "b", "c", "d"] and out.positions == [0, 1, 3, 5, 6]
+    assert [p.position for p in out.posts] == out.positions
+    assert out.duplicates == [4] and [i for i, _ in out.rejected] == [2]
+    assert [d.source for d in out.dead] == ["mixed.jsonl:3"]
+    assert detector.asked == ["needs a language"]
+    langs = [decode(v, RawPost).lang for v in out.values]
+    assert langs == ["en", "en", "xx", "en", "en"]
+    assert decode(out.values[3], RawPost).created_at == datetime(2026, 11, 28, 11, tzinfo=UTC)

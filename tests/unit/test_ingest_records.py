@@ -178,3 +178,125 @@ def test_whatever_the_builder_accepts_the_codec_accepts_byte_for_byte(records: l
         data = encode_doc(built[1])
         assert encode(decode(data, RawPost)) == data
         assert orjson.loads(data)["id"] == str(record["id"])
+
+
+# -- the bulk path for JSON lines (msgspec): the same bytes as build + encode_doc, or it steps aside --
+
+INGESTED = wire_time(NOW)
+
+
+def test_the_wire_struct_keeps_the_contracts_field_order() -> None:
+    from schemas.models import Author
+    from workers.ingest.records import _LineAuthor, _Wire
+
+    assert _Wire.__struct_fields__ == tuple(RawPost.model_fields)
+    assert _LineAuthor.__struct_fields__ == tuple(Author.model_fields)
+
+
+def test_canonical_lines_take_the_bulk_path_with_the_careful_paths_bytes() -> None:
+    bulk, careful = RecordBuilder(), RecordBuilder()
+    warm = orjson.dumps(post_factory())
+    assert bulk.lines([warm], INGESTED).rest == [0]  # the first record starts the builder's state
+    bulk.build(orjson.loads(warm), INGESTED)
+    careful.build(orjson.loads(warm), INGESTED)
+    records = [
+        post_factory(id="a"),
+        post_factory(id="b", text="  Caf\u0065\u0301  #Tag\t@bob.bsky.social  ", author={"id": "u2"}),
+        post_factory(
+            id="c", url="https://x.example/c", author={"id": "u3", "handle": None, "display_name": "Z"}
+        ),
+    ]
+    lines = [orjson.dumps(r) for r in records]
+    out = bulk.lines(lines, INGESTED)
+    assert out.rest == [] and out.positions == [0, 1, 2] and out.keys == ["a", "b", "c"]
+    for record, value, created_at in zip(records, out.values, out.created, strict=True):
+        _, doc, expected_created, _ = careful.build(record, INGESTED)
+        assert value == encode_doc(doc) and created_at == expected_created
+        assert encode(decode(value, RawPost)) == value
+    assert decode(out.values[1], RawPost).text == "Café #Tag @bob.bsky.social"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"   ",
+        b"not json",
+        b"[1, 2]",
+        orjson.dumps(post_factory(id=7)),  # numeric ids: the careful path writes their decimal form
+        orjson.dumps(post_factory(author={"id": "u", "handle": "@ann"})),
+        orjson.dumps(post_factory(author={"id": ""})),
+        orjson.dumps(post_factory(lang=None)),  # needs detection
+        orjson.dumps(post_factory(lang=["de"])),
+        orjson.dumps(post_factory(lang="pt-BR")),  # a tag not seen yet
+        orjson.dumps(post_factory(platform="other")),  # a platform not checked yet
+        orjson.dumps(post_factory(created_at="2026-11-28T12:59:00+01:00")),
+        orjson.dumps(post_factory(created_at="2026-11-28T11:59:00")),
+        orjson.dumps(post_factory(created_at=1795867140)),
+        orjson.dumps(post_factory(links=["https://a.example/x"])),
+        orjson.dumps(post_factory(extra="ignored field")),
+        orjson.dumps(post_factory(text="x" * 100_001)),
+        orjson.dumps(post_factory(id="x" * 513)),
+        b'{"id":"a","platform":"test","author":{"id":"u"},"text":"t","created_at":"2026-11-28T11:00:00Z",'
+        b'"lang":"en","x":1e400}',  # orjson refuses this number: only the careful path may decide
+    ],
+)
+def test_anything_unusual_is_left_to_the_careful_path(line: bytes) -> None:
+    builder = RecordBuilder()
+    builder.build(post_factory(), INGESTED)
+    assert builder.lines([line], INGESTED).rest == [0]
+
+
+def test_the_bulk_path_follows_replays_ids_and_event_times() -> None:
+    bulk, careful = RecordBuilder(), RecordBuilder()
+    for b in (bulk, careful):
+        b.build(post_factory(id="a", created_at="2026-11-28T10:00:00Z"), INGESTED)
+        b.build(post_factory(id="b", created_at="2026-11-28T10:10:00Z"), INGESTED)
+        b.next_pass()
+    line = orjson.dumps(post_factory(id="a", created_at="2026-11-28T10:00:00Z"))
+    out = bulk.lines([line], INGESTED)
+    key, doc, created_at, _ = careful.build(orjson.loads(line), INGESTED)
+    assert out.keys == [key] == ["a#1"] and out.created == [created_at]
+    assert out.values == [encode_doc(doc)]
+    bulk.retime("r")
+    assert bulk.lines([line], INGESTED).rest == [0]  # a pending retime is the careful path's to start
+
+
+# Mostly canonical records (the general strategy above seldom is), with the awkward values kept.
+_canonical = st.fixed_dictionaries(
+    {
+        "id": st.text(min_size=1, max_size=20) | _ids,
+        "author": st.fixed_dictionaries(
+            {"id": st.text(min_size=1, max_size=10)},
+            optional={"handle": st.text(max_size=10) | st.none(), "display_name": st.none() | st.text()},
+        ),
+        "text": _text,
+        "created_at": _times.map(lambda d: d.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+        | _times.map(lambda d: d.isoformat()),
+        "lang": st.sampled_from(["en", "pt-BR", "und"]),
+    },
+    optional={
+        "platform": st.sampled_from(["bluesky", "x", ""]),
+        "url": st.none() | st.text(max_size=10),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(_canonical | _records, min_size=1, max_size=6))
+def test_whatever_the_bulk_path_accepts_is_byte_for_byte_what_build_writes(
+    records: list[dict[str, Any]],
+) -> None:
+    bulk, careful = RecordBuilder("fallback"), RecordBuilder("fallback")
+    for builder in (bulk, careful):  # the careful path learns platforms and tags: then lines go fast
+        for platform, lang in [("bluesky", "en"), ("x", "pt-BR"), (None, "und")]:
+            builder.build(post_factory(platform=platform, lang=lang), INGESTED)
+    for record in records:
+        line = orjson.dumps(record)
+        out = bulk.lines([line], INGESTED)
+        if not out.rest:
+            key, doc, created_at, needs_lang = careful.build(orjson.loads(line), INGESTED)
+            assert not needs_lang
+            assert out.keys == [key] and out.created == [created_at]
+            assert out.values == [encode_doc(doc)]
+            assert encode(decode(out.values[0], RawPost)) == out.values[0]

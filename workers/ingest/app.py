@@ -35,10 +35,17 @@ def tune_gc() -> None:
 
 
 def pipeline(
-    settings: Settings, platform: str | None = None, mapping: FieldMapping | None = None, warm: bool = True
+    settings: Settings,
+    platform: str | None = None,
+    mapping: FieldMapping | None = None,
+    warm: bool = True,
+    *,
+    success_reports: bool = True,
 ) -> tuple[Pipeline, Publisher]:
-    """The pipeline and its publisher; checks the broker and topic, and warms dedup from posts.raw."""
-    publisher = Publisher(settings)
+    """The pipeline and its publisher; checks the broker and topic, and warms dedup from posts.raw.
+
+    ``success_reports=False`` for sources that need no per-post acknowledgement (see ``Publisher``)."""
+    publisher = Publisher(settings, success_reports=success_reports)
     publisher.wait_ready(timeout=15.0)
     recent = RecentIds(settings.ingest.dedup_window)
     if warm and settings.ingest.dedup_warm_records:

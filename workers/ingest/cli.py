@@ -191,7 +191,9 @@ def _file(args: argparse.Namespace, settings: Settings) -> int:
         print("pulse ingest: error: --loop needs a file, not stdin", file=sys.stderr)
         return 2
     try:
-        pipeline, publisher = app.pipeline(settings, args.platform, mapping, warm=not args.no_warm)
+        pipeline, publisher = app.pipeline(
+            settings, args.platform, mapping, warm=not args.no_warm, success_reports=False
+        )
     except (PublishError, ValueError) as exc:
         print(f"pulse ingest: error: {exc}", file=sys.stderr)
         return 2

@@ -7,9 +7,11 @@ languages in one call per batch and drops duplicates within the dedup window (co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
@@ -69,10 +71,25 @@ class Post(NamedTuple):
 
 @dataclass
 class Outcome:
-    posts: list[Post] = field(default_factory=list)
+    """Posts to publish as parallel lists in batch order (``keys`` are the post ids: the record keys),
+    dead letters, rejections and duplicates. ``posts`` gives the same posts as ``Post`` tuples."""
+
+    keys: list[str] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    created: list[datetime] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # indexes in the batch
     dead: list[DeadLetter] = field(default_factory=list)
     rejected: list[tuple[int, DecodeError]] = field(default_factory=list)  # (index in batch, error)
     duplicates: list[int] = field(default_factory=list)  # indexes in the batch
+
+    @cached_property
+    def posts(self) -> list[Post]:
+        return [
+            Post(key.encode(), value, created_at, position)
+            for key, value, created_at, position in zip(
+                self.keys, self.values, self.created, self.positions, strict=True
+            )
+        ]
 
 
 class Pipeline:
@@ -95,14 +112,61 @@ class Pipeline:
         untouched: the caller decides later (the HTTP source, once the whole request is valid)."""
         now = self.clock()
         ingested_at = wire_time(now)  # one per batch, formatted once
+        records = batch.records
+        if self.mapping is None:
+            # canonical JSON lines in bulk; the rest (other layouts, Items, anything invalid) one by one
+            keys, values, created, positions, rest = self.builder.lines(records, ingested_at)
+        else:
+            keys, values, created, positions, rest = [], [], [], [], list(range(len(records)))
         out = Outcome()
-        posts = out.posts
-        deferred: list[tuple[str, dict[str, Any], datetime, int]] = []  # waiting for language detection
+        careful = self._careful(batch, rest, ingested_at, now, out) if rest else None
+        if careful:
+            # interleave with the bulk path's posts; None values wait for language detection
+            merged = sorted(
+                [
+                    *zip(positions, keys, values, created, strict=True),
+                    *((p, k, v, c) for p, k, v, c, _ in careful),
+                ],
+                key=itemgetter(0),
+            )
+            positions = [m[0] for m in merged]
+            keys = [m[1] for m in merged]
+            values = [m[2] for m in merged]  # type: ignore[misc]
+            created = [m[3] for m in merged]
+        if dedup and keys:
+            repeated = self.dedup.add_batch(keys)
+            if repeated:
+                drop = set(repeated)
+                out.duplicates = [positions[i] for i in repeated]
+                keep = [i for i in range(len(keys)) if i not in drop]
+                keys = [keys[i] for i in keep]
+                values = [values[i] for i in keep]
+                created = [created[i] for i in keep]
+                positions = [positions[i] for i in keep]
+        if careful:
+            docs = {p: doc for p, _, v, _, doc in careful if v is None}
+            waiting = [i for i, value in enumerate(values) if value is None]
+            if waiting:
+                langs = self.detector.detect([docs[positions[i]]["text"] for i in waiting])
+                for i, lang in zip(waiting, langs, strict=True):
+                    doc = docs[positions[i]]
+                    doc["lang"] = lang
+                    values[i] = encode_doc(doc)
+        out.keys, out.values, out.created, out.positions = keys, values, created, positions
+        return out
+
+    def _careful(
+        self, batch: Batch, indexes: Iterable[int], ingested_at: str, now: datetime, out: Outcome
+    ) -> list[tuple[int, str, bytes | None, datetime, dict[str, Any]]]:
+        """Records one at a time: parse, map, build (fast dict path or careful checks). Failures become
+        dead letters in ``out``; a post without a language has no bytes yet (None) until detection."""
+        built_posts: list[tuple[int, str, bytes | None, datetime, dict[str, Any]]] = []
         fast, checked = self.builder.fast, self.builder.checked
         mapping = self.mapping
         loads, dumps = orjson.loads, orjson.dumps
-        add = self.dedup.add
-        for index, record in enumerate(batch.records):
+        records = batch.records
+        for index in indexes:
+            record = records[index]
             try:
                 if type(record) is bytes:
                     if not record:
@@ -133,17 +197,6 @@ class Pipeline:
                 )
                 out.rejected.append((index, exc))
                 continue
-            if dedup and not add(key):
-                out.duplicates.append(index)
-            elif needs_lang:
-                deferred.append((key, doc, created_at, index))
-            else:
-                posts.append(Post(key.encode(), dumps(doc, option=WIRE_OPTIONS), created_at, index))
-
-        if deferred:
-            langs = self.detector.detect([doc["text"] for _, doc, _, _ in deferred])
-            for (key, doc, created_at, index), lang in zip(deferred, langs, strict=True):
-                doc["lang"] = lang
-                posts.append(Post(key.encode(), encode_doc(doc), created_at, index))
-            posts.sort(key=lambda post: post.position)
-        return out
+            value_bytes = None if needs_lang else dumps(doc, option=WIRE_OPTIONS)
+            built_posts.append((index, key, value_bytes, created_at, doc))
+        return built_posts

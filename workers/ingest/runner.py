@@ -119,8 +119,8 @@ class Runner:
             stats.duplicates += len(outcome.duplicates)
             count("duplicate", len(outcome.duplicates))
             if self.pacer is None:
-                publisher.publish_many(outcome.posts)
-                stats.sent += len(outcome.posts)
+                publisher.publish_batch(outcome.keys, outcome.values)
+                stats.sent += len(outcome.keys)
             else:
                 self._paced(outcome.posts, started)
             publisher.poll()

@@ -215,7 +215,7 @@ def run_firehose(stream: Stream, args: argparse.Namespace, settings: Settings) -
     from workers.ingest.runner import Progress, Runner
 
     try:
-        pipeline, publisher = app.pipeline(settings, warm=not args.no_warm)
+        pipeline, publisher = app.pipeline(settings, warm=not args.no_warm, success_reports=False)
     except PublishError as exc:
         print(f"pulse ingest: error: {exc}", file=sys.stderr)
         return 2

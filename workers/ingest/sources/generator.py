@@ -267,7 +267,7 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
                 write_jsonl(generator, args.count, fh)
         return 0
     try:
-        pipeline, publisher = app.pipeline(settings, warm=not args.no_warm)
+        pipeline, publisher = app.pipeline(settings, warm=not args.no_warm, success_reports=False)
     except PublishError as exc:
         print(f"pulse ingest: error: {exc}", file=sys.stderr)
         return 2
