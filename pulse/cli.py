@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pulse import logs, services, topics
-from pulse.settings import Settings, load, markdown_reference, reference
+from pulse.settings import REPO_ROOT, Settings, load, markdown_reference, reference
+from pulse.supervisor import Stage, Supervisor, pulse_command
 
 log = logging.getLogger("pulse")
 
@@ -46,7 +49,7 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
-def _up(settings: Settings, provision: bool = True) -> int:
+def _up(settings: Settings, provision: bool = True, stop_hint: bool = True) -> int:
     state = services.up(settings)
     for svc in state.values():
         how = f"started (pid {svc.pid}, log {svc.log})" if svc.managed else "already running, used as is"
@@ -54,7 +57,7 @@ def _up(settings: Settings, provision: bool = True) -> int:
     if provision:
         _print_topics(topics.provision(settings))
     managed = [s.name for s in state.values() if s.managed]
-    if managed:
+    if managed and stop_hint:
         print(f"stop with: pulse services down   (stops {', '.join(managed)} only)")
     return 0
 
@@ -76,11 +79,55 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    _up(settings)
-    print("no pipeline stages exist yet: the broker and Redis are up with their topics.")
-    print(f"  kafka: {settings.kafka.bootstrap_servers}   redis: {settings.redis.url}")
-    print("stop with: pulse services down")
-    return 0
+    before = services.read_state(settings)
+    _up(settings, stop_hint=False)
+    stages = _pipeline_stages(args, settings)
+    if not stages:
+        print("no pipeline stages are installed: the broker and Redis are up with their topics.")
+        print("stop with: pulse services down")
+        return 0
+    print(
+        f"kafka {settings.kafka.bootstrap_servers}   redis {settings.redis.url}   "
+        f"sample {args.sample} at {args.rate:g} posts/s   (Ctrl-C stops everything)"
+    )
+    code = Supervisor(settings, stages, settings.local.data_dir / "logs").run(args.duration)
+    started_now = [
+        name
+        for name, svc in services.read_state(settings).items()
+        if svc.managed and not (name in before and before[name].managed)
+    ]
+    if started_now and not args.keep_services:
+        for svc in services.down(settings):
+            print(f"stopped {svc.name} at {svc.address}")
+    else:
+        print("services still running; stop with: pulse services down")
+    return code
+
+
+def _pipeline_stages(args: argparse.Namespace, settings: Settings) -> list[Stage]:
+    """Every stage that is part of this build, wired to the sample stream, in pipeline order."""
+    stages = []
+    if importlib.util.find_spec("workers.inference") is not None:
+        stages.append(Stage("inference", pulse_command("infer", "--watchlist", str(args.watchlist))))
+    if importlib.util.find_spec("workers.ingest") is not None:
+        stages.append(
+            Stage(
+                "ingest",
+                pulse_command(
+                    "ingest",
+                    "file",
+                    str(args.sample),
+                    "--loop",
+                    "--retime",
+                    "--rate",
+                    f"{args.rate:g}",
+                    "--no-progress",
+                    "--metrics-port",
+                    "0",
+                ),
+            )
+        )
+    return stages
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:
@@ -118,6 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(handler=_config)
 
     run = sub.add_parser("run", help="start the local services and every pipeline stage on a sample stream")
+    run.add_argument(
+        "--sample",
+        type=Path,
+        default=REPO_ROOT / "infra" / "sample" / "posts.jsonl",
+        help="JSON Lines file replayed in a loop (default: the shipped sample)",
+    )
+    run.add_argument(
+        "--watchlist",
+        type=Path,
+        default=REPO_ROOT / "infra" / "sample" / "watchlist.yaml",
+        help="brands and keywords for inference (default: the sample stream's brands)",
+    )
+    run.add_argument("--rate", type=float, default=50.0, help="posts per second from the sample (default 50)")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument(
+        "--keep-services",
+        action="store_true",
+        help="leave the broker and Redis running after the stages stop",
+    )
     run.set_defaults(handler=_run)
 
     for module in STAGE_COMMANDS:

@@ -69,3 +69,21 @@ def fresh_settings(services_settings: Settings) -> Callable[..., Settings]:
 def settings(fresh_settings: Callable[..., Settings]) -> Settings:
     """Settings with this test's own topics on the session's broker and its own Redis key prefix."""
     return fresh_settings()
+
+
+def stage_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a `pulse` child process that must see exactly these settings."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "REDIS__", "TOPICS__", "LOCAL__"))
+    }
+    env.update(
+        {
+            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "REDIS__URL": settings.redis.url,
+            "REDIS__KEY_PREFIX": settings.redis.key_prefix,
+            "LOCAL__DATA_DIR": str(settings.local.data_dir),
+            **{f"TOPICS__{role.upper()}": name for role, name in settings.topics.by_role().items()},
+            **extra,
+        }
+    )
+    return env
