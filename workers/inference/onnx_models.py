@@ -190,6 +190,9 @@ class _OnnxModel:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning: a worker shares its cores with the Kafka
+        # client threads and the tokeniser, and spinning pools starve them.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provider_args: list[Any] = [
             (p, {"device_id": device_id}) if p in GPU_PROVIDERS else p for p in chosen
         ]
