@@ -5,39 +5,26 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
-from confluent_kafka import Consumer
 
 from pulse.settings import Settings
 from schemas import DeadLetter, EnrichedPost, decode, encode
 from tests.conftest import stage_env
 from tests.factories import post_factory
+from tests.kafka_io import read_topic
 
 PULSE = [sys.executable, "-m", "pulse.cli"]
 SAMPLE_WATCHLIST = Path(__file__).resolve().parents[2] / "infra" / "sample" / "watchlist.yaml"
 
 
 def _drain(
-    settings: Settings, topic: str, want: int, parse: Callable[[bytes], object], timeout: float = 120
+    settings: Settings, topic: str, want: int, parse: Callable[[bytes], Any], timeout: float = 120
 ) -> list:
-    consumer = Consumer(
-        settings.kafka.config(**{"group.id": f"e2e-{topic}", "auto.offset.reset": "earliest"})
-    )
-    consumer.subscribe([topic])
-    got: list = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(got) < want and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                got.append(parse(msg.value()))
-    finally:
-        consumer.close()
-    return got
+    return [parse(value) for _key, value in read_topic(settings, topic, want, timeout=timeout, settle=2.0)]
 
 
 def test_posts_flow_from_a_file_to_enriched_and_bad_lines_to_the_dlq(

@@ -10,49 +10,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer
 
 from pulse.settings import Settings
 from schemas import DeadLetter, RawPost, decode
+from tests.kafka_io import read_topic
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "s3cret-token"
-
-
-def read_topic(
-    settings: Settings, topic: str, expect: int, timeout: float = 30.0, settle: float = 1.0
-) -> list[tuple[bytes | None, bytes]]:
-    consumer = Consumer(
-        settings.kafka.config(
-            **{
-                "group.id": f"t-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    consumer.subscribe([topic])
-    out: list[tuple[bytes | None, bytes]] = []
-    deadline = time.monotonic() + timeout
-    quiet_until: float | None = None
-    try:
-        while time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.2):
-                assert msg.error() is None, msg.error()
-                out.append((msg.key(), msg.value()))
-            if len(out) >= expect:
-                quiet_until = quiet_until or time.monotonic() + settle
-                if time.monotonic() >= quiet_until:
-                    break
-    finally:
-        consumer.close()
-    return out
 
 
 def _free_port() -> int:
