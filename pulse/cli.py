@@ -97,10 +97,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if svc.managed and not (name in before and before[name].managed)
     ]
     if started_now and not args.keep_services:
-        for svc in services.down(settings):
+        for svc in services.down(settings, only=started_now):
             print(f"stopped {svc.name} at {svc.address}")
-    else:
-        print("services still running; stop with: pulse services down")
+    still = [svc.name for svc in services.read_state(settings).values() if svc.managed]
+    if still:
+        print(f"still running: {', '.join(still)}; stop with: pulse services down")
     return code
 
 

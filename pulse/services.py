@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -318,18 +318,23 @@ def up(settings: Settings) -> dict[str, ServiceState]:
     return state
 
 
-def down(settings: Settings) -> list[ServiceState]:
-    """Stop what ``up`` started (and only that); return what was stopped."""
+def down(settings: Settings, only: Collection[str] | None = None) -> list[ServiceState]:
+    """Stop what ``up`` started (and only that), or the subset named in ``only``; return what stopped."""
     stopped = []
     state = read_state(settings)
-    if (kafka := state.get("kafka")) and kafka.managed:
+    wanted = set(state) if only is None else set(only)
+    if "kafka" in wanted and (kafka := state.get("kafka")) and kafka.managed:
         _kafka_down(settings)
         stopped.append(kafka)
-    if (red := state.get("redis")) and red.managed:
+    if "redis" in wanted and (red := state.get("redis")) and red.managed:
         _redis_down(red)
         stopped.append(red)
-    with contextlib.suppress(FileNotFoundError):
-        _state_file(settings).unlink()
+    remaining = {name: svc for name, svc in state.items() if name not in wanted}
+    if remaining:
+        _write_state(settings, remaining)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            _state_file(settings).unlink()
     return stopped
 
 

@@ -41,3 +41,24 @@ def test_remote_unreachable_redis_is_not_replaced_by_an_embedded_one(
     monkeypatch.setattr(services, "redis_ready", lambda s, timeout=1.0: False)
     with pytest.raises(services.ServiceError, match="not reachable: start it, or unset REDIS__URL"):
         services._redis_up(settings, None)
+
+
+def test_down_can_stop_a_subset_and_keeps_the_rest_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load(local={"data_dir": tmp_path})
+    stopped: list[str] = []
+    monkeypatch.setattr(services, "_kafka_down", lambda s: stopped.append("kafka"))
+    monkeypatch.setattr(services, "_redis_down", lambda state: stopped.append("redis"))
+    services._write_state(
+        settings,
+        {
+            "kafka": services.ServiceState("kafka", "127.0.0.1:9092", managed=True, pid=1),
+            "redis": services.ServiceState("redis", "redis://127.0.0.1:6379/0", managed=True, pid=2),
+        },
+    )
+    assert [s.name for s in services.down(settings, only=["redis"])] == ["redis"]
+    assert stopped == ["redis"]
+    assert set(services.read_state(settings)) == {"kafka"}
+    assert [s.name for s in services.down(settings)] == ["kafka"]
+    assert services.read_state(settings) == {}
