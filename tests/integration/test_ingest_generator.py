@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer
 
 from pulse.cli import build_parser
 from pulse.settings import Settings
 from schemas import RawPost, decode
+from tests.kafka_io import read_topic
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def read_topic(
-    settings: Settings, topic: str, expect: int, timeout: float = 30.0
-) -> list[tuple[bytes, bytes]]:
-    consumer = Consumer(
-        settings.kafka.config(
-            **{
-                "group.id": f"t-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    consumer.subscribe([topic])
-    out: list[tuple[bytes, bytes]] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and len(out) < expect:
-            for msg in consumer.consume(1000, timeout=0.2):
-                assert msg.error() is None, msg.error()
-                out.append((msg.key() or b"", msg.value()))
-    finally:
-        consumer.close()
-    return out
 
 
 @pytest.fixture
