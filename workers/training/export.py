@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -21,6 +20,8 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
 )
+
+from workers.training.evaluate import sha256_file
 
 log = logging.getLogger("pulse.models.export")
 
@@ -68,14 +69,6 @@ class _LogitsOnly(torch.nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _labels(config: Any) -> list[str]:
