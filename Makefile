@@ -58,17 +58,18 @@ bench-ingest: install  ## ingest throughput: 1M JSON Lines posts into the local 
 bench-infer: install  ## inference worker posts/s vs the model runtime alone -> bench/results/infer.json
 	$(BIN)/python bench/bench_infer.py
 
-models-train: install  ## fine-tune both models from the shipped corpora (~35 + ~30 min on 2 cores)
-	$(BIN)/pulse models train sentiment --out build/models/sentiment-hf
-	$(BIN)/pulse models train ner --out build/models/ner-case-hf
+models-train: install  ## fine-tune both models from the shipped corpora (~50 min, the two in parallel on 2 cores)
+	$(BIN)/pulse models train ner --out build/models/ner-hf & ner=$$!; \
+	$(BIN)/pulse models train sentiment --out build/models/sentiment-hf; status=$$?; \
+	wait $$ner && exit $$status
 
 models-ship: install  ## export the trained checkpoints to int8 ONNX, copy them to models/, write the cards
 	$(BIN)/pulse models export build/models/sentiment-hf --task sentiment --out build/onnx/sentiment --int8 --name pulse-sentiment-minilm
-	$(BIN)/pulse models export build/models/ner-case-hf --task ner --out build/onnx/ner-case --int8 --name pulse-ner-minilm-cased
+	$(BIN)/pulse models export build/models/ner-hf --task ner --out build/onnx/ner --int8 --name pulse-ner-minilm
 	$(BIN)/pulse models ship build/onnx/sentiment models/sentiment
-	$(BIN)/pulse models ship build/onnx/ner-case models/ner
+	$(BIN)/pulse models ship build/onnx/ner models/ner
 	$(BIN)/pulse models card models/sentiment --report build/models/sentiment-hf/training_report.json --fp32-dir build/onnx/sentiment
-	$(BIN)/pulse models card models/ner --report build/models/ner-case-hf/training_report.json --fp32-dir build/onnx/ner-case
+	$(BIN)/pulse models card models/ner --report build/models/ner-hf/training_report.json --fp32-dir build/onnx/ner
 
 models-eval: install  ## recompute the model cards' metrics and hashes from the shipped files
 	$(BIN)/pulse models eval models/sentiment

@@ -203,10 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Work done per text: real (unpadded) tokens through the 6-layer encoder, per model.
     tok = models["int8"][0].tokenizer
     lengths = [len(e.ids) for e in tok.encode_batch(texts)]
-    ner_lengths = [
-        len(e.ids)
-        for e in models["int8"][1]._encode_words([[w for w, _, _ in ws] for ws in map(_split, texts)])
-    ]
+    ner_lengths = [len(e.ids) for e in models["int8"][1].tokenizer.encode_batch(texts)]
     flops = {"sentiment": encoder_flops(lengths), "ner": encoder_flops(ner_lengths, labels=21)}
     flops["both"] = flops["sentiment"] + flops["ner"]
     peak = cpu_peak()
@@ -241,12 +238,6 @@ def _source_checkpoint(model_dir: Path) -> Path:
     meta = json.loads((model_dir / "metadata.json").read_text(encoding="utf-8"))
     path = Path(meta["source"]["hf_dir"])
     return path if path.is_absolute() else ROOT / path
-
-
-def _split(text: str) -> list[tuple[str, int, int]]:
-    from workers.inference.onnx_models import split_words
-
-    return split_words(text)
 
 
 def _versions() -> dict[str, str]:

@@ -63,3 +63,29 @@ def test_entity_report_is_exact_match_per_type() -> None:
     assert r["per_type"]["company"]["f1"] == 1.0
     assert r["per_type"]["person"]["f1"] == 0.0
     assert r["precision"] == 0.5 and r["recall"] == 0.5
+
+
+def test_mention_swaps_replace_entities_by_type_and_keep_the_context() -> None:
+    from workers.inference.bio import tag_spans
+
+    Ex = corpora.TokenExample
+    rows = [
+        Ex(("I", "love", "Acme", "Cloud", "!"), ("O", "O", "B-company", "I-company", "O")),
+        Ex(("Globex", "hired", "Ann", "Lee"), ("B-company", "O", "B-person", "I-person")),
+        Ex(("no", "entities", "here"), ("O", "O", "O")),
+    ]
+    swapped = corpora.mention_swaps(rows, copies=3, seed=1)
+    assert len(swapped) == 6  # 3 copies of the two sentences that have entities
+    companies = {("Acme", "Cloud"), ("Globex",)}
+    for ex in swapped:
+        assert len(ex.tokens) == len(ex.tags)
+        spans = tag_spans(list(ex.tags))
+        kinds = [k for k, _, _ in spans]
+        assert kinds in (["company"], ["company", "person"])
+        for kind, first, last in spans:
+            mention = ex.tokens[first:last]
+            assert mention in (companies if kind == "company" else {("Ann", "Lee")})
+        context = [t for t, tag in zip(ex.tokens, ex.tags, strict=True) if tag == "O"]
+        assert context in (["I", "love", "!"], ["hired"])
+    assert corpora.mention_swaps(rows, copies=3, seed=1) == swapped  # deterministic
+    assert {ex.tokens for ex in swapped} != {r.tokens for r in rows[:2]}  # something was swapped

@@ -32,6 +32,8 @@ WORDS = [
     "!",
     "@",
     "#",
+    "§",
+    "##s",
 ]
 SENT_LABELS = ["negative", "neutral", "positive"]
 NER_LABELS = ["O", "B-person", "I-person", "B-company", "I-company"]
@@ -40,9 +42,11 @@ NER_LABELS = ["O", "B-person", "I-person", "B-company", "I-company"]
 def _tiny_checkpoint(root: Path, task: str) -> Path:
     """A 2-layer, 32-wide BERT with random weights and a word-level vocab, saved like a hub checkpoint."""
     root.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = transformers.BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
+    vocab = list(
+        dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"])
+    )
+    tok = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    assert tok.vocab_size == len(vocab)
     labels = SENT_LABELS if task == "sentiment" else NER_LABELS
     config = transformers.BertConfig(
         vocab_size=len(vocab),
@@ -115,6 +119,35 @@ def test_ner_export_runs_in_the_entity_runtime(tmp_path: Path) -> None:
         for e in ents:
             assert text[e.start : e.end] == e.text
             assert e.type in {"person", "company"}
+
+
+def test_ner_runtime_reads_entities_as_the_transformers_pipeline_does(tmp_path: Path) -> None:
+    """Same words, tags, spans and offsets as `pipeline(aggregation_strategy="first")` on the
+    checkpoint, case marks included: random weights tag nearly every word, so every boundary counts."""
+    from transformers import AutoTokenizer, pipeline
+
+    from workers.training.train import add_case_marks, save_tokenizer
+
+    hf = _tiny_checkpoint(tmp_path / "hf", "ner")
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    add_case_marks(tok)
+    save_tokenizer(tok, hf, verbatim=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_model(hf, "ner", tmp_path / "onnx", max_length=64)
+        ner = pipeline("token-classification", model=str(hf), aggregation_strategy="first", device=-1)
+    texts = [
+        "Obama thanks Apple in Paris!",
+        "@apple #Paris flights were AWFUL",
+        "the apples flight was great 🙂 you",
+        "Thank you Obama, thank you Apple... the flight!",
+        "",
+    ]
+    model = OnnxEntityModel(tmp_path / "onnx", variant="fp32", intra_op_threads=1)
+    ours = [{(e.type, e.start, e.end) for e in ents} for ents in model.predict(texts, batch_size=2)]
+    ref = [{(e["entity_group"], e["start"], e["end"]) for e in ents} for ents in ner(texts)]
+    assert sum(map(len, ref)) > 5  # random weights: plenty of entities to compare
+    assert ours == ref
 
 
 def test_export_fails_when_logits_differ_beyond_tolerance(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +12,18 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from workers.inference.onnx_models import (
     GpuUnavailableError,
     ModelLoadError,
     ModelMetadata,
     OnnxSentimentModel,
-    case_flag,
     choose_variant,
     normalise_entity,
     resolve_providers,
     softmax,
-    split_words,
+    word_spans,
 )
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -45,28 +46,56 @@ def test_variant_is_int8_on_cpu_fp16_on_gpu_unless_named() -> None:
         choose_variant({"fp32": "model.onnx"}, [CPU], "int8")
 
 
-def test_words_carry_exact_offsets_and_keep_handles_hashtags_urls_whole() -> None:
-    text = "Thanks @Delta! Flying to São Paulo #travel https://t.co/x1 😡"
-    words = split_words(text)
-    assert [w for w, _, _ in words] == [
-        "Thanks",
-        "@Delta",
-        "!",
-        "Flying",
-        "to",
-        "São",
-        "Paulo",
-        "#travel",
-        "https://t.co/x1",
-        "😡",
-    ]
-    assert all(text[s:e] == w for w, s, e in words)
+def _wordpiece(marks: bool = False) -> Tokenizer:
+    """A BERT-style uncased WordPiece tokenizer over a small vocabulary, optionally with case marks."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "§", "!", "@", "#", "/", ":", ".", "thanks", "delta"]
+    vocab += ["fly", "##ing", "to", "sao", "paulo", "travel", "https", "t", "co", "x", "##1"]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    bert = normalizers.BertNormalizer(lowercase=True)
+    marks_steps = [normalizers.Replace(Regex(rf"\b{c}"), "§" + c) for c in string.ascii_uppercase]
+    tok.normalizer = normalizers.Sequence([*marks_steps, bert]) if marks else bert
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return tok
+
+
+TEXT = "Thanks @Delta! Flying to São Paulo #travel https://t.co/x1 😡"
+
+
+def test_words_start_at_every_non_continuation_token_with_offsets_into_the_text() -> None:
+    enc = _wordpiece().encode(TEXT)
+    words = word_spans(TEXT, enc, "##", 1)
+    # "Flying" is fly + ##ing: one word; punctuation and the unknown emoji are words of their own.
+    assert [TEXT[s:e] for _, s, e in words] == [
+        "Thanks", "@", "Delta", "!", "Flying", "to", "São", "Paulo", "#", "travel",
+        "https", ":", "/", "/", "t", ".", "co", "/", "x1", "😡",
+    ]  # fmt: skip
+    assert [enc.tokens[p] for p, _, _ in words][:5] == ["thanks", "@", "delta", "!", "fly"]
+
+
+def test_case_marks_are_words_aligned_to_the_capital_they_mark() -> None:
+    enc = _wordpiece(marks=True).encode(TEXT)
+    words = word_spans(TEXT, enc, "##", 1)
+    marks = [(s, e) for p, s, e in words if enc.tokens[p] == "§"]
+    assert [TEXT[s:e] for s, e in marks] == ["T", "D", "F", "S", "P"]
+    # The marked word itself still spans the whole word, capital included.
+    assert [TEXT[s:e] for p, s, e in words if enc.tokens[p] in {"delta", "paulo"}] == ["Delta", "Paulo"]
+
+
+def test_without_a_continuation_prefix_words_start_after_spaces() -> None:
+    enc = _wordpiece().encode("thanks delta")
+    assert [(s, e) for _, s, e in word_spans("thanks delta", enc, None, None)] == [(0, 6), (7, 12)]
 
 
 @given(st.text(max_size=80))
-def test_word_offsets_always_slice_back_to_the_word(text: str) -> None:
-    for w, s, e in split_words(text):
-        assert text[s:e] == w and w.strip()
+def test_word_spans_stay_inside_the_text_in_order(text: str) -> None:
+    enc = _wordpiece(marks=True).encode(text)
+    words = word_spans(text, enc, "##", 1)
+    starts = [s for _, s, _ in words]
+    assert starts == sorted(starts)
+    assert all(0 <= s < e <= len(text) for _, s, e in words)
 
 
 def test_entity_normal_form_folds_case_space_and_handle_marks() -> None:
@@ -75,20 +104,6 @@ def test_entity_normal_form_folds_case_space_and_handle_marks() -> None:
     assert normalise_entity("#DeflateGate") == "deflategate"
     assert normalise_entity("Tim Cook's.") == "tim cook's"
     assert normalise_entity("#") == "#"
-
-
-def test_case_flag_marks_capitalised_words_handles_included() -> None:
-    assert [case_flag(w) for w in ["Apple", "apple", "@Delta", "#NYC", "@", "", "東京", "ÉCOLE", "1st"]] == [
-        1,
-        0,
-        1,
-        1,
-        0,
-        0,
-        0,
-        1,
-        0,
-    ]
 
 
 def test_softmax_rows_sum_to_one_and_keep_order() -> None:

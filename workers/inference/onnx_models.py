@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,10 +41,6 @@ GPU_PROVIDERS = frozenset(
     }
 )
 VARIANTS = ("int8", "fp32", "fp16")
-
-# Tweet-style words, close to how the WNUT-16 training tweets were tokenised: URLs, @handles and
-# #hashtags stay whole, words keep inner apostrophes/hyphens, every other symbol is its own word.
-_WORD = re.compile(r"https?://\S+|www\.\S+|[@#]?\w+(?:[-'’]\w+)*|[^\w\s]", re.UNICODE)
 
 
 class ModelLoadError(RuntimeError):
@@ -128,15 +123,37 @@ def normalise_entity(text: str) -> str:
     return stripped or folded
 
 
-def case_flag(word: str) -> int:
-    """1 when a word starts with a capital (after @/#): the case feature of uncased NER encoders."""
-    core = word.lstrip("@#")
-    return int(bool(core) and core[0].isupper())
+def is_continuation(token: str, is_unknown: bool, prefix: str | None) -> bool:
+    """Whether a sub-word continues the word before it (WordPiece's "##"); an unknown token never does."""
+    return bool(prefix) and not is_unknown and token.startswith(prefix or "")
 
 
-def split_words(text: str) -> list[tuple[str, int, int]]:
-    """(word, start, end) with character offsets into `text`."""
-    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+def word_spans(
+    text: str, enc: Encoding, prefix: str | None, unk_id: int | None
+) -> tuple[tuple[int, int, int], ...]:
+    """Words of an encoded text as transformers' token-classification pipeline draws them.
+
+    A word starts at every token that is not a continuation sub-word, so a tag read at a word's
+    first token means the same here as in `pipeline(..., aggregation_strategy="first")`. Returns
+    (first token position, start, end) with character offsets into `text`. Tokenizers without a
+    continuation prefix (byte-level BPE) start a word at a token preceded by a space, as the
+    pipeline's fallback does.
+    """
+    words: list[list[int]] = []
+    for pos, (tok, tid, (start, end), special) in enumerate(
+        zip(enc.tokens, enc.ids, enc.offsets, enc.special_tokens_mask, strict=True)
+    ):
+        if special:
+            continue
+        if prefix:
+            cont = is_continuation(tok, tid == unk_id, prefix)
+        else:
+            cont = start > 0 and " " not in text[start - 1 : start + 1]
+        if cont and words:
+            words[-1][2] = end
+        else:
+            words.append([pos, start, end])
+    return tuple((p, s, e) for p, s, e in words)
 
 
 @dataclass(frozen=True)
@@ -145,8 +162,8 @@ class EncodedBatch:
 
     feeds: dict[str, np.ndarray]
     texts: tuple[str, ...]
-    word_ids: tuple[tuple[int | None, ...], ...] = ()
-    words: tuple[tuple[tuple[str, int, int], ...], ...] = ()
+    # Per text, per word: (position of its first token, start, end) in characters of the text.
+    words: tuple[tuple[tuple[int, int, int], ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -236,9 +253,7 @@ class _OnnxModel:
     def _encode(self, texts: Sequence[str]) -> list[Encoding]:
         return self.tokenizer.encode_batch([t if isinstance(t, str) else "" for t in texts])
 
-    def _pad(
-        self, encodings: Sequence[Encoding], type_ids: Sequence[Sequence[int]] | None = None
-    ) -> dict[str, np.ndarray]:
+    def _pad(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
         width = max((len(e.ids) for e in encodings), default=1)
         n = len(encodings)
         ids = np.full((n, width), self.meta.pad_token_id, dtype=np.int64)
@@ -248,7 +263,7 @@ class _OnnxModel:
             k = len(enc.ids)
             ids[row, :k] = enc.ids
             mask[row, :k] = 1
-            types[row, :k] = enc.type_ids if type_ids is None else type_ids[row]
+            types[row, :k] = enc.type_ids
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: feeds[name] for name in self._input_names}
 
@@ -303,46 +318,34 @@ class OnnxEntityModel(_OnnxModel):
         bad = [t for t in self.labels if t != "O" and not t.startswith(("B-", "I-"))]
         if bad:
             raise ModelLoadError(f"NER labels must be BIO tags; got {bad[:3]}")
+        self._prefix: str | None = getattr(self.tokenizer.model, "continuing_subword_prefix", None)
+        unk = getattr(self.tokenizer.model, "unk_token", None)
+        self._unk_id = self.tokenizer.token_to_id(unk) if unk else None
 
     def _encode_words(self, words: Sequence[Sequence[str]]) -> list[Encoding]:
         return self.tokenizer.encode_batch([list(w) for w in words], is_pretokenized=True)
 
-    def _types(self, encodings: Sequence[Encoding], words: Sequence[Sequence[str]]) -> list[list[int]] | None:
-        """Token types carrying the case feature, when the model was trained with it."""
-        if not self.meta.raw.get("case_feature"):
-            return None
-        out = []
-        for enc, ws in zip(encodings, words, strict=True):
-            flags = [case_flag(w) for w in ws]
-            out.append([0 if w is None else flags[w] for w in enc.word_ids])
-        return out
-
     def tokenize(self, texts: Sequence[str]) -> EncodedBatch:
-        words = tuple(tuple(split_words(t if isinstance(t, str) else "")) for t in texts)
-        plain = [[w for w, _, _ in ws] for ws in words]
-        encodings = self._encode_words(plain)
-        return EncodedBatch(
-            self._pad(encodings, self._types(encodings, plain)),
-            tuple(texts),
-            tuple(tuple(e.word_ids) for e in encodings),
-            words,
+        texts = tuple(t if isinstance(t, str) else "" for t in texts)
+        encodings = self._encode(texts)
+        words = tuple(
+            word_spans(t, e, self._prefix, self._unk_id) for t, e in zip(texts, encodings, strict=True)
         )
+        return EncodedBatch(self._pad(encodings), texts, words)
 
     def infer(self, encoded: EncodedBatch) -> list[tuple[Entity, ...]]:
         if not len(encoded):
             return []
         probs = softmax(self._run(encoded.feeds))
         return [
-            self._entities(text, words, word_ids, row)
-            for text, words, word_ids, row in zip(
-                encoded.texts, encoded.words, encoded.word_ids, probs, strict=True
-            )
+            self._entities(text, words, row)
+            for text, words, row in zip(encoded.texts, encoded.words, probs, strict=True)
         ]
 
     def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[tuple[Entity, ...]]:
         """Entities per text, computed in length-sorted batches, returned in input order."""
-        words = [split_words(t if isinstance(t, str) else "") for t in texts]
-        lengths = [len(ws) for ws in words]
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        lengths = [len(e.ids) for e in self._encode(texts)]
         out: list[tuple[Entity, ...]] = [()] * len(texts)
         for idx in self._length_sorted(lengths, batch_size):
             for i, ents in zip(idx, self.infer(self.tokenize([texts[i] for i in idx])), strict=True):
@@ -352,29 +355,21 @@ class OnnxEntityModel(_OnnxModel):
     def tag_words(self, sentences: Sequence[Sequence[str]], batch_size: int | None = None) -> list[list[str]]:
         """BIO tag per given word (first sub-word decides; words cut by truncation are `O`)."""
         encodings = self._encode_words(sentences)
-        types = self._types(encodings, sentences)
         out: list[list[str]] = [["O"] * len(s) for s in sentences]
         for idx in self._length_sorted([len(e.ids) for e in encodings], batch_size):
-            batch_types = None if types is None else [types[i] for i in idx]
-            logits = self._run(self._pad([encodings[i] for i in idx], batch_types))
+            logits = self._run(self._pad([encodings[i] for i in idx]))
             for row, i in enumerate(idx):
                 for w, scores in _first_subwords(encodings[i].word_ids, logits[row]):
                     out[i][w] = self.labels[int(scores.argmax())]
         return out
 
     def _entities(
-        self,
-        text: str,
-        words: Sequence[tuple[str, int, int]],
-        word_ids: Sequence[int | None],
-        probs: np.ndarray,
+        self, text: str, words: Sequence[tuple[int, int, int]], probs: np.ndarray
     ) -> tuple[Entity, ...]:
-        tags = ["O"] * len(words)
-        conf = [0.0] * len(words)
-        for w, row in _first_subwords(word_ids, probs):
-            k = int(row.argmax())
-            tags[w] = self.labels[k]
-            conf[w] = float(row[k])
+        words = [w for w in words if w[0] < len(probs)]
+        best = [int(probs[pos].argmax()) for pos, _, _ in words]
+        tags = [self.labels[k] for k in best]
+        conf = [float(probs[pos][k]) for (pos, _, _), k in zip(words, best, strict=True)]
         entities = []
         for kind, first, last in tag_spans(tags):
             start, end = words[first][1], words[last - 1][2]

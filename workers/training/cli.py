@@ -52,11 +52,12 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
             "seed": args.seed,
             "eval_every": args.eval_every,
             "class_weight_power": args.class_weight_power,
+            "mention_swaps": args.mention_swaps,
         }.items()
         if v is not None
     }
-    if args.case_feature is not None:
-        overrides["case_feature"] = args.case_feature
+    if args.case_marks is not None:
+        overrides["case_marks"] = args.case_marks
     if args.no_reviews:
         overrides["with_reviews"] = False
     cfg = dataclasses.replace(defaults, **overrides)
@@ -64,6 +65,10 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     fn = train.train_sentiment if args.task == "sentiment" else train.train_ner
     report = fn(out, cfg, Path(args.base) if args.base else None)
+    if args.calibrate:
+        from workers.training.calibrate import calibrate
+
+        report = calibrate(out, threads=cfg.threads)
     print(json.dumps({"out": str(out), "chosen_step": report["chosen_step"], "test": _headline(report)}))
     return 0
 
@@ -73,6 +78,22 @@ def _headline(report: dict[str, Any]) -> dict[str, float]:
     if report["task"] == "sentiment":
         return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}
     return {"entity_f1": test["f1"]}
+
+
+def _calibrate(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    try:
+        from workers.training.calibrate import calibrate
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+
+    try:
+        report = calibrate(Path(args.hf_dir), threads=args.threads)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"calibrate failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"out": args.hf_dir, "calibration": report["calibration"], "test": _headline(report)}))
+    return 0
 
 
 def _export(args: argparse.Namespace, settings: object = None) -> int:
@@ -154,13 +175,31 @@ def register(subparsers: Any) -> None:
     t.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: each epoch)")
     t.add_argument("--class-weight-power", type=float, help="sentiment: weights = (N/(K*n_c))**power")
     t.add_argument(
-        "--case-feature",
+        "--case-marks",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="ner: mark capitalised words with token type 1 (default on)",
+        help="ner: the tokenizer marks capitalised words for the uncased encoder (default on)",
+    )
+    t.add_argument(
+        "--mention-swaps",
+        type=int,
+        help="ner: extra copies of the training sentences, entities swapped by type",
     )
     t.add_argument("--no-reviews", action="store_true", help="sentiment: do not add rotten-tomatoes snippets")
+    t.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after training, choose per-label decision offsets on dev and fold them into the head",
+    )
     t.set_defaults(handler=_train)
+
+    c = sub.add_parser(
+        "calibrate", help="choose decision offsets on dev for a trained checkpoint; fold them into its head"
+    )
+    c.add_argument("hf_dir", help="a checkpoint written by `pulse models train` (has training_report.json)")
+    c.add_argument("--threads", type=int, default=2)
+    c.set_defaults(handler=_calibrate)
 
     e = sub.add_parser("export", help="export a Hugging Face checkpoint directory to ONNX")
     e.add_argument("hf_dir")

@@ -7,10 +7,13 @@ import csv
 import hashlib
 import importlib.util
 import io
+import random
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+
+from workers.inference.bio import tag_spans
 
 SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 
@@ -138,6 +141,39 @@ def ner_splits() -> dict[str, list[TokenExample]]:
     for ex in load_wnut16():
         splits[split_of(" ".join(ex.tokens), NER_SPLIT)].append(ex)
     return splits
+
+
+def mention_swaps(examples: list[TokenExample], copies: int, seed: int = 13) -> list[TokenExample]:
+    """Extra training sentences: each entity replaced by another mention of its type from `examples`.
+
+    Mention replacement (Dai & Adel, 2020) keeps the context and the BIO structure while showing the
+    model more (context, entity) pairs; sentences without entities are not copied.
+    """
+    rng = random.Random(seed)
+    by_type: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    spans_of = [tag_spans(list(ex.tags)) for ex in examples]
+    for ex, spans in zip(examples, spans_of, strict=True):
+        for kind, first, last in spans:
+            by_type[kind].append(ex.tokens[first:last])
+    out: list[TokenExample] = []
+    for _ in range(copies):
+        for ex, spans in zip(examples, spans_of, strict=True):
+            if not spans:
+                continue
+            tokens: list[str] = []
+            tags: list[str] = []
+            pos = 0
+            for kind, first, last in spans:
+                tokens += ex.tokens[pos:first]
+                tags += ex.tags[pos:first]
+                mention = rng.choice(by_type[kind])
+                tokens += mention
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(mention) - 1)
+                pos = last
+            tokens += ex.tokens[pos:]
+            tags += ex.tags[pos:]
+            out.append(TokenExample(tuple(tokens), tuple(tags)))
+    return out
 
 
 def describe(splits: dict[str, list[TextExample]]) -> dict[str, dict[str, int]]:

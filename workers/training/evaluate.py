@@ -54,6 +54,21 @@ def test_metrics(model_dir: Path, variant: str, threads: int = 0) -> dict[str, A
     return report
 
 
+def _calibration_summary(report: dict[str, Any]) -> dict[str, Any] | None:
+    c = report.get("calibration")
+    if not c:
+        return None
+    key = "macro_f1" if report["task"] == "sentiment" else "f1"
+    return {
+        "objective": c["objective"],
+        "offsets": c["offsets"],
+        "dev_metric": key,
+        "dev_before": c["dev_before"][key],
+        "test_metric": key,
+        "test_before": c["test_before"][key],
+    }
+
+
 def headline(task: str, report: dict[str, Any]) -> dict[str, float]:
     """The numbers a card states and `eval` re-checks."""
     if task == "sentiment":
@@ -153,11 +168,9 @@ def write_card(
             "chosen_step": training_report["chosen_step"],
             "total_steps": training_report["total_steps"],
             "dev": headline(meta.task, training_report["dev"]),
+            "calibration": _calibration_summary(training_report),
         },
-        "export": {
-            k: meta.raw.get(k)
-            for k in ("opset", "inputs", "check", "exported_with", "source", "case_feature")
-        },
+        "export": {k: meta.raw.get(k) for k in ("opset", "inputs", "check", "exported_with", "source")},
         "eval_batch_size": EVAL_BATCH,
         "files": files,
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -210,14 +223,17 @@ def render_card(card: dict[str, Any]) -> str:
             "- Split by SHA-256 of the sentence: 75 % train, 10 % dev (checkpoint choice), 15 % test "
             "(read once, never used for choices).",
             f"- Sentences per split: `{json.dumps(t['data'])}`",
-            "- Labels are learnt on the first sub-word of each word; the runtime reads the tag there too.",
+            "- Labels are learnt on the first sub-word of every word the tokenizer's pre-tokeniser makes "
+            "(a corpus word it splits, like `@Delta`, gives its tag to the first piece and the inside tag "
+            'to the rest); the runtime and `transformers.pipeline(aggregation_strategy="first")` read '
+            "the tags there.",
         ]
-        if card["export"].get("case_feature"):
+        if card["training"]["config"].get("case_marks"):
             lines.append(
-                "- Case feature: the encoder is uncased, so sub-words of capitalised words get token type 1 "
-                "(BERT's otherwise unused second segment embedding), in training and at run time "
-                "(`metadata.json`: `case_feature: true`). Chosen on dev: best dev entity F1 53.3 with it, "
-                "49.0 without it (same seed and schedule)."
+                "- Case marks: the encoder is uncased, so the tokenizer's normaliser writes `§` before every "
+                "word that starts with an ASCII capital (`Delta` -> `§ delta`), in training, at run time and "
+                "for `transformers.pipeline` alike: it is part of `tokenizer.json`. Offsets still point "
+                "into the original text."
             )
     lines += [
         "",
@@ -228,9 +244,28 @@ def render_card(card: dict[str, Any]) -> str:
         f"warm-up {cfg['warmup']}, weight decay {cfg['weight_decay']}, seed {cfg['seed']}, "
         f"{cfg['threads']} CPU threads"
         + (f", class weights (N/(K·n_c))^{cfg['class_weight_power']}" if task == "sentiment" else "")
+        + (
+            f", {cfg['mention_swaps']} extra copies of the sentences with entities, each entity swapped "
+            "for a random training mention of its type"
+            if cfg.get("mention_swaps")
+            else ""
+        )
         + ".",
-        f"- Checkpoint chosen on dev at step {t['chosen_step']} of {t['total_steps']}: "
+        f"- Checkpoint chosen on dev at step {t['chosen_step']} of {t['total_steps']}; dev"
+        + (" after calibration" if t.get("calibration") else "")
+        + ": "
         + ", ".join(f"{k} {_pct(v)}" for k, v in t["dev"].items() if not k.startswith("f1_")),
+    ]
+    if t.get("calibration"):
+        c = t["calibration"]
+        lines.append(
+            "- Decision offsets chosen on dev (`pulse models calibrate`, objective "
+            f"{c['objective']}) and added to the classifier bias: "
+            + ", ".join(f"`{k}` {v:+.2f}" for k, v in c["offsets"].items())
+            + f"; dev {c['dev_metric']} {_pct(c['dev_before'])} before. Test before calibration: "
+            + f"{c['test_metric']} {_pct(c['test_before'])}."
+        )
+    lines += [
         "",
         f"## Test metrics ({'tweets' if task == 'sentiment' else 'entity-level, exact match'}, %)",
         "",

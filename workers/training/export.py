@@ -213,7 +213,6 @@ def export_model(
         "labels": _labels(config),
         "max_length": max_length,
         "inputs": input_names,
-        "case_feature": bool(getattr(config, "pulse_case_feature", False)),
         "pad_token_id": int(tok.pad_token_id if tok.pad_token_id is not None else 0),
         "tokenizer": "tokenizer.json",
         "files": files,

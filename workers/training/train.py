@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import string
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Regex, normalizers
 from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -21,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from workers.inference.onnx_models import case_flag
+from workers.inference.onnx_models import is_continuation
 from workers.training import data as corpora
 from workers.training.metrics import classification_report, entity_report
 
@@ -42,16 +44,56 @@ class TrainConfig:
     class_weight_power: float = 0.5
     with_reviews: bool = True
     eval_every: int = 0  # steps; 0 = once per epoch
-    case_feature: bool = False  # NER: token type 1 on capitalised words (the encoder is uncased)
+    case_marks: bool = False  # NER: the tokenizer writes CASE_MARK before capitalised words (uncased encoder)
+    mention_swaps: int = 0  # NER: extra copies of the training sentences with entities swapped by type
 
 
 # The settings the shipped models were trained with (2-core CPU: one thread each, two runs in parallel).
 SENTIMENT_DEFAULTS = TrainConfig(
-    task="sentiment", epochs=1, lr=8e-5, batch_size=32, max_length=96, threads=1, eval_every=443
+    task="sentiment", epochs=2, lr=6e-5, batch_size=32, max_length=96, threads=1, eval_every=443
 )
 NER_DEFAULTS = TrainConfig(
-    task="ner", epochs=10, lr=1e-4, batch_size=16, max_length=96, warmup=0.1, threads=1, case_feature=True
+    task="ner",
+    epochs=6,
+    lr=1e-4,
+    batch_size=16,
+    max_length=96,
+    warmup=0.1,
+    threads=1,
+    case_marks=True,
+    mention_swaps=2,
 )
+
+# A symbol the uncased vocabulary has as a single token and tweets hardly use.
+CASE_MARK = "§"
+
+
+def add_case_marks(tok: PreTrainedTokenizerBase) -> None:
+    """Make the tokenizer itself carry capitalisation, which an uncased encoder otherwise loses.
+
+    A normaliser step writes CASE_MARK before every word that starts with an ASCII capital
+    ("Delta" -> "§delta"); BERT's pre-tokeniser makes the mark a word of its own, aligned to the
+    capital, so offsets still point into the original text. The step is saved in tokenizer.json,
+    and `tokenizer_class` is set so transformers loads that file verbatim: the ONNX runtime and
+    `transformers.pipeline` on the checkpoint then tokenise exactly as training did.
+    """
+    backend = tok.backend_tokenizer
+    if CASE_MARK not in backend.get_vocab():
+        raise ValueError(f"the vocabulary has no {CASE_MARK!r} token to mark capitalised words with")
+    marks = [normalizers.Replace(Regex(rf"\b{c}"), CASE_MARK + c) for c in string.ascii_uppercase]
+    steps = [*marks, backend.normalizer] if backend.normalizer is not None else marks
+    backend.normalizer = normalizers.Sequence(steps)
+
+
+def save_tokenizer(tok: PreTrainedTokenizerBase, out_dir: Path, verbatim: bool) -> None:
+    tok.save_pretrained(str(out_dir))
+    if verbatim:
+        # transformers' BertTokenizer rebuilds its normaliser from tokenizer_config.json on load;
+        # the generic fast class keeps tokenizer.json (and its case marks) as written.
+        path = out_dir / "tokenizer_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def length_grouped_batches(
@@ -237,50 +279,57 @@ def train_sentiment(
 # ---------------------------------------------------------------- NER
 
 
+def _inside(tag: str) -> str:
+    return tag if tag == "O" else "I-" + tag[2:]
+
+
 def _align(
     tok: PreTrainedTokenizerBase,
     examples: list[corpora.TokenExample],
     label_ids: dict[str, int],
     max_length: int,
-    case_feature: bool = False,
-) -> tuple[list[list[int]], list[list[int]], list[list[int | None]], list[list[int]]]:
-    """Sub-word ids, labels on the first sub-word of each word (-100 elsewhere), word ids, type ids."""
+) -> tuple[list[list[int]], list[list[int]], list[list[int | None]]]:
+    """Sub-word ids, labels and corpus-word ids per sentence.
+
+    Labels sit where the runtime (and transformers' pipeline) reads them: on the first sub-word of
+    every word the tokenizer's pre-tokeniser makes. A corpus word it splits ("@Delta" -> "@",
+    "delta", or a case mark) gives its tag to the first piece and the inside tag to the others;
+    continuation sub-words ("##s") are not labelled (-100).
+    """
     enc = tok(
         [list(ex.tokens) for ex in examples], is_split_into_words=True, truncation=True, max_length=max_length
     )
-    ids, labs, words, types = [], [], [], []
+    prefix = getattr(tok.backend_tokenizer.model, "continuing_subword_prefix", None)
+    ids, labs, words = [], [], []
     for i, ex in enumerate(examples):
         wids = enc.word_ids(i)
-        prev = None
+        pieces = enc.tokens(i)
         row = []
-        for w in wids:
-            row.append(-100 if w is None or w == prev else label_ids[ex.tags[w]])
+        prev = None
+        for w, piece, tid in zip(wids, pieces, enc["input_ids"][i], strict=True):
+            if w is None or (w == prev and is_continuation(piece, tid == tok.unk_token_id, prefix)):
+                row.append(-100)
+            elif w != prev:
+                row.append(label_ids[ex.tags[w]])
+            else:
+                row.append(label_ids[_inside(ex.tags[w])])
             prev = w
         ids.append(enc["input_ids"][i])
         labs.append(row)
         words.append(wids)
-        flags = [case_flag(t) for t in ex.tokens] if case_feature else [0] * len(ex.tokens)
-        types.append([0 if w is None else flags[w] for w in wids])
-    return ids, labs, words, types
+    return ids, labs, words
 
 
 @torch.inference_mode()
-def predict_tokens(
-    model: Any, ids: list[list[int]], pad_id: int, types: list[list[int]], batch_size: int = 64
-) -> list[np.ndarray]:
+def predict_tokens(model: Any, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> list[np.ndarray]:
     model.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[np.ndarray] = [np.zeros(0)] * len(ids)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         input_ids = _pad([ids[i] for i in idx], pad_id)
-        token_types = _pad([types[i] for i in idx], 0)
         logits = (
-            model(
-                input_ids=input_ids, attention_mask=(input_ids != pad_id).long(), token_type_ids=token_types
-            )
-            .logits.float()
-            .numpy()
+            model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits.float().numpy()
         )
         for row, i in enumerate(idx):
             out[i] = logits[row, : len(ids[i])]
@@ -311,25 +360,28 @@ def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None 
     labels = corpora.ner_labels(corpora.load_wnut16())
     label_ids = {name: i for i, name in enumerate(labels)}
     splits = corpora.ner_splits()
+    if cfg.mention_swaps:
+        splits["train"] = splits["train"] + corpora.mention_swaps(
+            splits["train"], cfg.mention_swaps, cfg.seed
+        )
     log.info("ner data %s", {k: len(v) for k, v in splits.items()})
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForTokenClassification.from_pretrained(
         str(base), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids
     )
     pad_id = tok.pad_token_id
-    model.config.pulse_case_feature = cfg.case_feature  # read by export, written to metadata.json
-    enc = {
-        name: _align(tok, rows, label_ids, cfg.max_length, cfg.case_feature) for name, rows in splits.items()
-    }
+    if cfg.case_marks:
+        add_case_marks(tok)
+    enc = {name: _align(tok, rows, label_ids, cfg.max_length) for name, rows in splits.items()}
     gold = {name: [list(ex.tags) for ex in rows] for name, rows in splits.items()}
     n_words = {name: [len(ex.tokens) for ex in rows] for name, rows in splits.items()}
 
     def evaluate(m: torch.nn.Module, name: str) -> dict[str, Any]:
-        ids, _, words, types = enc[name]
-        pred = word_tags(predict_tokens(m, ids, pad_id, types), words, n_words[name], labels)
+        ids, _, words = enc[name]
+        pred = word_tags(predict_tokens(m, ids, pad_id), words, n_words[name], labels)
         return entity_report(gold[name], pred)
 
-    train_ids, train_labs, _, train_types = enc["train"]
+    train_ids, train_labs, _ = enc["train"]
     rng = random.Random(cfg.seed)
     lengths = [len(r) for r in train_ids]
     steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
@@ -348,10 +400,7 @@ def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None 
             model.train()
             input_ids = _pad([train_ids[i] for i in batch], pad_id)
             target = _pad([train_labs[i] for i in batch], -100)
-            token_types = _pad([train_types[i] for i in batch], 0)
-            logits = model(
-                input_ids=input_ids, attention_mask=(input_ids != pad_id).long(), token_type_ids=token_types
-            ).logits
+            logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
             loss = loss_fn(logits.reshape(-1, len(labels)), target.reshape(-1))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -372,7 +421,7 @@ def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None 
                 if dev["f1"] > best["dev_f1"]:
                     best = {"dev_f1": dev["f1"], "step": step, "dev": dev}
                     model.save_pretrained(str(out_dir))
-                    tok.save_pretrained(str(out_dir))
+                    save_tokenizer(tok, out_dir, verbatim=cfg.case_marks)
     best_model = AutoModelForTokenClassification.from_pretrained(str(out_dir))
     test = evaluate(best_model, "test")
     log.info(
