@@ -5,7 +5,8 @@ The runtime-alone rate is the ceiling: tokenise + both models over the same text
 length-sorted micro-batches, with no Kafka, no decoding, no watchlist and no encoding. The worker
 rate is measured on the real local broker (started here unless KAFKA__BOOTSTRAP_SERVERS answers),
 from its first delivered record to its last, so group join and model load are not counted. Both are
-measured twice, interleaved (runtime, worker, runtime, worker), because the machine may be shared.
+measured three times, interleaved (runtime, worker, runtime, worker, ...), after one warm-up round
+of each, because the machine may be shared.
 """
 
 from __future__ import annotations
@@ -126,10 +127,31 @@ def runtime_alone(
     return len(texts) / (time.perf_counter() - started)
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its reaped children (Linux /proc); 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    # Fields after the command: state is [0], utime [11], stime [12], cutime [13], cstime [14].
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+
+
 def worker_rate(
-    settings: Settings, sentiment: SentimentModel, entities: EntityModel, posts: list[RawPost]
+    settings: Settings,
+    sentiment: SentimentModel,
+    entities: EntityModel,
+    posts: list[RawPost],
+    cpu: dict[str, float] | None = None,
+    broker_pid: int | None = None,
 ) -> float:
-    """Posts/s of one worker draining ``posts`` from a fresh set of topics, first to last delivery."""
+    """Posts/s of one worker draining ``posts`` from a fresh set of topics, first to last delivery.
+
+    ``cpu``, when given, receives the CPU seconds this process and the broker used in that window.
+    """
     suffix = uuid.uuid4().hex[:8]
     names = {role: f"bench.{name}.{suffix}" for role, name in settings.topics.by_role().items()}
     settings = Settings(
@@ -161,8 +183,13 @@ def worker_rate(
             raise RuntimeError(f"worker stalled at {worker.delivered}/{len(posts)}")
         if first is None and worker.delivered > 0:
             first, first_count = time.perf_counter(), worker.delivered
+            own, broker = time.process_time(), process_cpu_seconds(broker_pid)
         time.sleep(0.005)
     elapsed = time.perf_counter() - (first or time.perf_counter())
+    if cpu is not None and first is not None:
+        cpu["worker_process"] = time.process_time() - own
+        cpu["broker"] = process_cpu_seconds(broker_pid) - broker
+        cpu["seconds"] = elapsed
     worker.stop()
     thread.join(60)
     return (len(posts) - first_count) / elapsed if elapsed > 0 else float("nan")
@@ -177,7 +204,7 @@ def _free_port() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=4000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "infer.json"))
     args = parser.parse_args(argv)
@@ -197,11 +224,19 @@ def main(argv: list[str] | None = None) -> int:
             posts = make_posts(args.posts)
             texts = [p.text for p in posts]
             cfg = settings.inference
-            runtime_alone(sentiment, entities, texts[:256], cfg.batch_size, cfg.micro_batch)  # warm-up
-            alone, worker = [], []
+            # Warm-up for both sides: first runs allocate and pick kernels; a first worker also pays
+            # for the broker's first topics and the Kafka clients' first connections.
+            runtime_alone(sentiment, entities, texts[:256], cfg.batch_size, cfg.micro_batch)
+            broker_pid = started["kafka"].pid if started.get("kafka") else None
+            worker_rate(settings, sentiment, entities, posts[:256])
+            alone, worker, alone_cpu, worker_cpu = [], [], [], []
             for _ in range(args.rounds):
+                t0, c0 = time.perf_counter(), time.process_time()
                 alone.append(runtime_alone(sentiment, entities, texts, cfg.batch_size, cfg.micro_batch))
-                worker.append(worker_rate(settings, sentiment, entities, posts))
+                alone_cpu.append((time.process_time() - c0) / (time.perf_counter() - t0))
+                used: dict[str, float] = {}
+                worker.append(worker_rate(settings, sentiment, entities, posts, used, broker_pid))
+                worker_cpu.append(used)
         finally:
             if started:
                 services.down(settings)
@@ -222,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
         # Each worker round against the runtime round just before it: on a shared machine the
         # load changes between rounds, and adjacent rounds see the most similar load.
         "pairwise_ratios": [round(w / a, 3) for a, w in zip(alone, worker, strict=True)],
+        # Cores busy on average (CPU seconds / wall seconds): the bench process during runtime-alone
+        # rounds; the bench process (the worker) and the local broker during worker rounds.
+        "cores_busy_runtime_alone": [round(x, 2) for x in alone_cpu],
+        "cores_busy_worker_process": [
+            round(u["worker_process"] / u["seconds"], 2) for u in worker_cpu if u.get("seconds")
+        ],
+        "cores_busy_broker": (
+            [round(u["broker"] / u["seconds"], 2) for u in worker_cpu if u.get("seconds")]
+            if broker_pid
+            else "not measured (broker not started by the bench)"
+        ),
         "target_ratio": TARGET,
         "meets_target": best_worker / best_alone >= TARGET,
         "machine": {

@@ -153,7 +153,7 @@ class InferenceSettings(_Section):
         2, ge=1, description="Consumed batches that may wait for the tokeniser before partitions are paused."
     )
     pause_after_ms: int = Field(
-        500, ge=0, description="How long a full tokeniser queue may last before partitions are paused."
+        50, ge=0, description="How long a full tokeniser queue may last before partitions are paused."
     )
     queue_micro_batches: int = Field(
         4, ge=1, description="Tokenised micro-batches that may wait for the model (bounds memory)."
