@@ -326,12 +326,14 @@ class OnnxEntityModel(_OnnxModel):
         return self.tokenizer.encode_batch([list(w) for w in words], is_pretokenized=True)
 
     def tokenize(self, texts: Sequence[str]) -> EncodedBatch:
-        texts = tuple(t if isinstance(t, str) else "" for t in texts)
-        encodings = self._encode(texts)
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        return self._batch(texts, self._encode(texts))
+
+    def _batch(self, texts: Sequence[str], encodings: Sequence[Encoding]) -> EncodedBatch:
         words = tuple(
             word_spans(t, e, self._prefix, self._unk_id) for t, e in zip(texts, encodings, strict=True)
         )
-        return EncodedBatch(self._pad(encodings), texts, words)
+        return EncodedBatch(self._pad(encodings), tuple(texts), words)
 
     def infer(self, encoded: EncodedBatch) -> list[tuple[Entity, ...]]:
         if not len(encoded):
@@ -345,10 +347,11 @@ class OnnxEntityModel(_OnnxModel):
     def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[tuple[Entity, ...]]:
         """Entities per text, computed in length-sorted batches, returned in input order."""
         texts = [t if isinstance(t, str) else "" for t in texts]
-        lengths = [len(e.ids) for e in self._encode(texts)]
+        encodings = self._encode(texts)  # once: the lengths for sorting and the batches themselves
         out: list[tuple[Entity, ...]] = [()] * len(texts)
-        for idx in self._length_sorted(lengths, batch_size):
-            for i, ents in zip(idx, self.infer(self.tokenize([texts[i] for i in idx])), strict=True):
+        for idx in self._length_sorted([len(e.ids) for e in encodings], batch_size):
+            batch = self._batch([texts[i] for i in idx], [encodings[i] for i in idx])
+            for i, ents in zip(idx, self.infer(batch), strict=True):
                 out[i] = ents
         return out
 
