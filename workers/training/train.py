@@ -162,6 +162,20 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     )
 
 
+def _update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss: torch.Tensor,
+) -> None:
+    """One optimisation step: backward, clip the gradient norm at 1, step, schedule, clear."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -235,11 +249,7 @@ def train_sentiment(
             input_ids = _pad([enc["train"][i] for i in batch], pad_id)
             logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
             loss = loss_fn(logits, torch.tensor(y["train"][batch]))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            _update(model, optimizer, scheduler, loss)
             step += 1
             progress.update(step, loss.item())
             if step % eval_every == 0 or step == total:
@@ -402,11 +412,7 @@ def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None 
             target = _pad([train_labs[i] for i in batch], -100)
             logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
             loss = loss_fn(logits.reshape(-1, len(labels)), target.reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            _update(model, optimizer, scheduler, loss)
             step += 1
             progress.update(step, loss.item())
             if step % eval_every == 0 or step == total:
