@@ -58,18 +58,19 @@ bench-ingest: install  ## ingest throughput: 1M JSON Lines posts into the local 
 bench-infer: install  ## inference worker posts/s vs the model runtime alone -> bench/results/infer.json
 	$(BIN)/python bench/bench_infer.py
 
-models-train: install  ## fine-tune both models from the shipped corpora (~50 min, the two in parallel on 2 cores)
-	$(BIN)/pulse models train ner --out build/models/ner-hf & ner=$$!; \
-	$(BIN)/pulse models train sentiment --out build/models/sentiment-hf; status=$$?; \
-	wait $$ner && exit $$status
+models-train: install  ## fine-tune one encoder with both heads from the shipped corpora (~45 min on 2 cores)
+	$(BIN)/pulse models train joint --out build/models/joint
 
-models-ship: install  ## export the trained checkpoints to int8 ONNX, copy them to models/, write the cards
-	$(BIN)/pulse models export build/models/sentiment-hf --task sentiment --out build/onnx/sentiment --int8 --name pulse-sentiment-minilm
-	$(BIN)/pulse models export build/models/ner-hf --task ner --out build/onnx/ner --int8 --name pulse-ner-minilm
-	$(BIN)/pulse models ship build/onnx/sentiment models/sentiment
-	$(BIN)/pulse models ship build/onnx/ner models/ner
-	$(BIN)/pulse models card models/sentiment --report build/models/sentiment-hf/training_report.json --fp32-dir build/onnx/sentiment
-	$(BIN)/pulse models card models/ner --report build/models/ner-hf/training_report.json --fp32-dir build/onnx/ner
+# int8: 8-bit weights in blocks of 32 with int8 arithmetic on per-block activation scales, embeddings
+# fp16. On dev tweets its NER agrees with fp32 on 98 % of spans; per-tensor dynamic int8 on 85 %.
+INT8 := --int8 --int8-block 32
+
+models-ship: install  ## export the trained heads as one int8 ONNX graph, copy it to models/, write the cards
+	$(BIN)/pulse models export-joint build/models/joint/sentiment-hf build/models/joint/ner-hf --out build/onnx/joint $(INT8) --name pulse-minilm
+	$(BIN)/pulse models ship build/onnx/joint/sentiment models/sentiment
+	$(BIN)/pulse models ship build/onnx/joint/ner models/ner
+	$(BIN)/pulse models card models/sentiment --report build/models/joint/sentiment-hf/training_report.json --fp32-dir build/onnx/joint/sentiment
+	$(BIN)/pulse models card models/ner --report build/models/joint/ner-hf/training_report.json --fp32-dir build/onnx/joint/ner
 
 models-eval: install  ## recompute the model cards' metrics and hashes from the shipped files
 	$(BIN)/pulse models eval models/sentiment

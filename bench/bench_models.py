@@ -2,8 +2,10 @@
 
 Same texts, same run: held-out test tweets of the sentiment split. Writes bench/results/models.json
 and bench/results/models.md. Needs the `train` extra (torch, transformers) for the baseline and the
-fine-tuned checkpoints from `pulse models train` (build/models/<task>-hf) plus their fp32 export
-(build/onnx/<task>); the int8 models are the shipped ones in models/<task>.
+fine-tuned checkpoints the shipped models name as their source (`make models-train`) plus their fp32
+export (`make models-ship`: build/onnx/joint/<task> for the shared-encoder models, else
+build/onnx/<task>); the int8 models are the shipped ones in models/<task>. When the two shipped heads
+share one graph, "both" runs it once per batch (as the inference worker does).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import pipeline
 
-    from workers.inference.onnx_models import OnnxEntityModel, OnnxSentimentModel
+    from workers.inference.onnx_models import OnnxEntityModel, OnnxSentimentModel, SharedEncoderPair
     from workers.training import data as corpora
 
     torch.set_num_threads(args.threads)
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shipped = {t: ROOT / "models" / t for t in ("sentiment", "ner")}
     # The checkpoint each shipped model was exported from, and its fp32 export next to it in build/.
     hf = {t: _source_checkpoint(shipped[t]) for t in shipped}
-    fp32 = {t: ROOT / "build" / "onnx" / hf[t].name.removesuffix("-hf") for t in shipped}
+    fp32 = {t: _fp32_dir(shipped[t], hf[t]) for t in shipped}
     results_paths = {t: {"checkpoint": str(hf[t]), "fp32": str(fp32[t]), "int8": str(shipped[t])} for t in hf}
 
     results: dict[str, Any] = {
@@ -121,11 +123,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return [{(e["entity_group"], int(e["start"]), int(e["end"])) for e in ents} for ents in out]
 
     models: dict[str, tuple[OnnxSentimentModel, OnnxEntityModel]] = {}
+    joint: dict[str, SharedEncoderPair | None] = {}
     for variant, dirs in (("fp32", fp32), ("int8", shipped)):
-        models[variant] = (
-            OnnxSentimentModel(dirs["sentiment"], variant=variant, intra_op_threads=args.threads),
-            OnnxEntityModel(dirs["ner"], variant=variant, intra_op_threads=args.threads),
+        sentiment = OnnxSentimentModel(dirs["sentiment"], variant=variant, intra_op_threads=args.threads)
+        entities = OnnxEntityModel(
+            dirs["ner"], variant=variant, intra_op_threads=args.threads, share_with=sentiment
         )
+        models[variant] = (sentiment, entities)
+        joint[variant] = sentiment.joint_with(entities)
+    results["shared_encoder"] = joint["int8"] is not None
 
     def ours_sentiment(variant: str) -> list[str]:
         return [s.label for s in models[variant][0].predict(texts, batch_size=args.batch)]
@@ -150,7 +156,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return pipe_sentiment(bs), pipe_ner(bs)
 
     def ours_both(variant: str) -> tuple[list[str], list[set[tuple[str, int, int]]]]:
-        return ours_sentiment(variant), ours_ner(variant)
+        pair = joint[variant]
+        if pair is None:
+            return ours_sentiment(variant), ours_ner(variant)
+        sentiments, entities = pair.predict(texts, batch_size=args.batch)
+        return [s.label for s in sentiments], [{(e.type, e.start, e.end) for e in ents} for ents in entities]
 
     configs: list[tuple[str, str, Callable[[], Any]]] = []
     for bs in (1, 32):
@@ -204,14 +214,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tok = models["int8"][0].tokenizer
     lengths = [len(e.ids) for e in tok.encode_batch(texts)]
     ner_lengths = [len(e.ids) for e in models["int8"][1].tokenizer.encode_batch(texts)]
-    flops = {"sentiment": encoder_flops(lengths), "ner": encoder_flops(ner_lengths, labels=21)}
+    n_ner = len(models["int8"][1].labels)
+    flops = {"sentiment": encoder_flops(lengths), "ner": encoder_flops(ner_lengths, labels=n_ner)}
     flops["both"] = flops["sentiment"] + flops["ner"]
+    # The shared graph runs the encoder once for both heads (the pipeline baseline runs it twice).
+    one_pass = encoder_flops(ner_lengths, labels=n_ner + len(models["int8"][0].labels))
     peak = cpu_peak()
     results["cpu"] = peak
     add_peak_shares(results)
     results["mean_tokens"] = {"sentiment": float(np.mean(lengths)), "ner": float(np.mean(ner_lengths))}
     for row in results["rows"]:
-        row["achieved_gops"] = flops[row["task"]] / row["seconds"] / 1e9
+        shared = row["task"] == "both" and row["runtime"].startswith("onnx") and results["shared_encoder"]
+        row["achieved_gops"] = (one_pass if shared else flops[row["task"]]) / row["seconds"] / 1e9
     add_peak_shares(results)
     results["versions"] = _versions()
     return results
@@ -240,6 +254,14 @@ def _source_checkpoint(model_dir: Path) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
+def _fp32_dir(shipped: Path, checkpoint: Path) -> Path:
+    """Where `make models-ship` left the fp32 export of a shipped model (it is not shipped)."""
+    meta = json.loads((shipped / "metadata.json").read_text(encoding="utf-8"))
+    if meta.get("shared_encoder"):
+        return ROOT / "build" / "onnx" / "joint" / meta["task"]
+    return ROOT / "build" / "onnx" / checkpoint.name.removesuffix("-hf")
+
+
 def _versions() -> dict[str, str]:
     import onnxruntime
     import tokenizers
@@ -264,7 +286,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"{cpu['cpu']}, {cpu['cores']} cores at {cpu['ghz_nominal']:.1f} GHz nominal, {cpu['simd']}"
         f"{', VNNI' if cpu['vnni'] else ''}{', AMX' if cpu['amx'] else ''}; peak fp32 "
         f"{cpu['peak_fp32_gflops']:.0f} GFLOP/s, int8 (VNNI) {cpu['peak_int8_gops_vnni']:.0f} GOP/s for "
-        f"the machine; % of peak is against the {results['peak_used']['cores']} core(s) used.",
+        f"the machine; % of peak is against the {results['peak_used']['cores']} core(s) used."
+        + (
+            " The shipped heads share one encoder: our `both` rows run it once per batch, the pipeline"
+            " rows run the two checkpoints."
+            if results.get("shared_encoder")
+            else ""
+        ),
         "",
         "| task | runtime | texts/s | × pipeline b1 | × pipeline b32 | sentiment agreement "
         "| NER agreement (F1) "

@@ -35,12 +35,12 @@ def test_eval_fails_when_the_card_disagrees(tmp_path: Path) -> None:
 
     from workers.training.evaluate import evaluate_card
 
-    shutil.copytree(MODELS / "ner", tmp_path / "ner")
-    card_path = tmp_path / "ner" / "card.json"
+    shutil.copytree(MODELS, tmp_path / "models")  # the heads' shared graph lies in models/
+    card_path = tmp_path / "models" / "ner" / "card.json"
     card = json.loads(card_path.read_text())
     card["metrics"]["int8"]["entity_f1"] += 0.05
     card_path.write_text(json.dumps(card))
-    result = evaluate_card(tmp_path / "ner", variant="int8")
+    result = evaluate_card(tmp_path / "models" / "ner", variant="int8")
     assert not result["ok"]
     assert any("entity_f1" in p for p in result["summary"]["problems"])
 

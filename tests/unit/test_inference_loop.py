@@ -369,3 +369,44 @@ def test_revocation_drains_and_commits_the_revoked_partitions_and_drops_what_was
         "records of the revoked partition were produced"
     )
     assert 1 not in consumer.stored
+
+
+class FakeSharedHeads:
+    """Both heads in one run, as `SharedEncoderPair` offers them: counts tokenisations and runs."""
+
+    def __init__(self, sentiment: FakeSentiment, entities: FakeEntities) -> None:
+        self.sentiment, self.entities = sentiment, entities
+        self.tokenised = self.runs = 0
+
+    def tokenize(self, texts: Sequence[str]) -> list[str]:
+        self.tokenised += 1
+        return list(texts)
+
+    def infer(self, encoded: list[str]) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
+        self.runs += 1
+        return self.sentiment.infer(encoded), self.entities.infer(encoded)
+
+
+class FakeJointSentiment(FakeSentiment):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair: FakeSharedHeads | None = None
+
+    def joint_with(self, entities: FakeEntities) -> FakeSharedHeads:
+        self.pair = FakeSharedHeads(FakeSentiment(), entities)
+        return self.pair
+
+    def tokenize(self, texts: Sequence[str]) -> list[str]:
+        raise AssertionError("a shared-encoder pair is tokenised once, by the pair")
+
+
+def test_heads_of_one_encoder_run_once_per_micro_batch() -> None:
+    sentiment = FakeJointSentiment()
+    worker, consumer, producer = make({0: [post_bytes(i) for i in range(40)]}, sentiment=sentiment)
+    assert run_until(worker, lambda: consumer.stored == {0: 40}) == 0
+    pair = sentiment.pair
+    assert pair is not None and worker.joint is pair
+    assert pair.runs == pair.tokenised >= 10  # micro_batch 4: at least 40 / 4 runs, one per micro-batch
+    enriched = [decode(v, EnrichedPost) for _, _, v in producer.delivered]
+    assert len(enriched) == 40
+    assert all(e.sentiment.label == "negative" and e.entities[0].text == "Acme" for e in enriched)

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from workers.inference.onnx_models import OnnxEntityModel, OnnxSentimentModel  # noqa: E402
-from workers.training.export import ExportError, export_model, load_model  # noqa: E402
+from workers.training.export import ExportError, export_joint, export_model, load_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -158,3 +158,114 @@ def test_export_fails_when_logits_differ_beyond_tolerance(tmp_path: Path) -> Non
 def test_export_refuses_opset_below_17(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="opset"):
         export_model(tmp_path, "sentiment", tmp_path / "out", opset=16)
+
+
+def _tiny_pair(root: Path, shared: bool = True) -> tuple[Path, Path]:
+    """Tiny sentiment and NER checkpoints with one encoder, saved as `pulse models train joint` does."""
+    from workers.training.train import _save_token_head, share_encoder
+
+    seq_dir = _tiny_checkpoint(root / "sentiment-hf", "sentiment")
+    tok_dir = _tiny_checkpoint(root / "ner-hf", "ner")
+    sequence = transformers.BertForSequenceClassification.from_pretrained(str(seq_dir))
+    token = transformers.BertForTokenClassification.from_pretrained(str(tok_dir))
+    torch.manual_seed(1)
+    with torch.no_grad():  # make the encoders differ, then (if shared) make them one
+        for p in sequence.bert.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    if shared:
+        share_encoder(sequence, token)
+    sequence.save_pretrained(str(seq_dir))
+    _save_token_head(token, tok_dir)
+    return seq_dir, tok_dir
+
+
+def test_joint_export_runs_both_heads_in_one_pass_as_the_two_checkpoints_do(tmp_path: Path) -> None:
+    from workers.inference.onnx_models import SharedEncoderPair
+
+    seq_dir, tok_dir = _tiny_pair(tmp_path / "hf")
+    out = tmp_path / "onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metas = export_joint(seq_dir, tok_dir, out, int8=True, max_length=128, name="tiny")
+    for name in ("model.onnx", "model.int8.onnx", "tokenizer.json"):
+        assert (out / name).is_file()
+    for task, labels in (("sentiment", SENT_LABELS), ("ner", NER_LABELS)):
+        written = json.loads((out / task / "metadata.json").read_text())
+        assert written == metas[task]
+        assert written["task"] == task and written["labels"] == labels
+        assert written["files"] == {"fp32": "../model.onnx", "int8": "../model.int8.onnx"}
+        assert written["tokenizer"] == "../tokenizer.json" and written["shared_encoder"] is True
+        assert written["check"]["fp32"]["max_abs_diff"] < 1e-4
+    assert metas["sentiment"]["output"] != metas["ner"]["output"]
+    assert metas["sentiment"]["version"] == metas["ner"]["version"]
+
+    sentiment = OnnxSentimentModel(out / "sentiment", variant="fp32", intra_op_threads=1)
+    entities = OnnxEntityModel(out / "ner", variant="fp32", intra_op_threads=1, share_with=sentiment)
+    assert entities.session is sentiment.session
+    pair = sentiment.joint_with(entities)
+    assert isinstance(pair, SharedEncoderPair)
+    texts = ["thank you apple", "obama was in paris ! " * 4, "", "a", "🙂"]
+    both = pair.predict(texts, batch_size=2)
+    assert both == (sentiment.predict(texts), entities.predict(texts))
+    # Each head of the graph is its own checkpoint's model.
+    ref_model = load_model(seq_dir, "sentiment")
+    tok = transformers.AutoTokenizer.from_pretrained(str(seq_dir))
+    enc = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.inference_mode():
+        ref = torch.softmax(ref_model(**enc).logits, -1).numpy()
+    np.testing.assert_allclose(sentiment.probabilities(texts), ref, atol=1e-4)
+    # The stage's loader finds the two heads under one directory and opens one session for both.
+    from pulse.settings import load
+    from workers.inference.loader import load_models
+
+    cfg = load(inference={"model_dir": str(out), "variant": "int8", "intra_op_threads": 1}).inference
+    loaded_sentiment, loaded_entities = load_models(cfg)
+    assert loaded_entities.session is loaded_sentiment.session  # type: ignore[attr-defined]
+    assert loaded_sentiment.joint_with(loaded_entities) is not None  # type: ignore[attr-defined]
+    # Heads of different graphs never pair up.
+    other = OnnxEntityModel(out / "ner", variant="int8", intra_op_threads=1, share_with=sentiment)
+    assert other.session is not sentiment.session and sentiment.joint_with(other) is None
+
+
+def test_joint_export_refuses_checkpoints_with_different_encoders(tmp_path: Path) -> None:
+    seq_dir, tok_dir = _tiny_pair(tmp_path / "hf", shared=False)
+    with pytest.raises(ExportError, match="do not share their encoder"):
+        export_joint(seq_dir, tok_dir, tmp_path / "onnx")
+
+
+def test_blockwise_int8_export_follows_pytorch_and_keeps_named_nodes_fp32(tmp_path: Path) -> None:
+    _, out, meta = _export(
+        tmp_path, "sentiment", int8=True, int8_block=32, int8_fp32_nodes=[r"/intermediate/dense/MatMul$"]
+    )
+    method = meta["check"]["int8_method"]
+    assert method["method"] == "8-bit blocks of 32"
+    assert method["fp32_nodes"]["count"] == 2  # one FFN up-projection per layer, 2 layers
+    assert meta["check"]["int8"]["argmax_agreement"] == 1.0
+    texts = ["thank you", "the flight was awful !", ""]
+    int8 = OnnxSentimentModel(out, variant="int8", intra_op_threads=1).probabilities(texts)
+    fp32 = OnnxSentimentModel(out, variant="fp32", intra_op_threads=1).probabilities(texts)
+    np.testing.assert_allclose(int8, fp32, atol=0.02)
+
+
+def test_fp16_tables_give_the_same_lookups_to_fp16_rounding(tmp_path: Path) -> None:
+    import shutil
+
+    from workers.training.export import fp16_gather_tables
+
+    _, out, _ = _export(tmp_path, "ner")
+    before = OnnxEntityModel(out, variant="fp32", intra_op_threads=1)
+    texts = ["obama thanks apple in paris", "a"]
+    ref = before._run(before._pad(before._encode(texts)))
+    shutil.copy(out / "model.onnx", out / "model.fp16tables.onnx")
+    # word, position and token-type embeddings: all three tables of the tiny model
+    assert fp16_gather_tables(out / "model.fp16tables.onnx", min_elements=1) == 3
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["files"]["fp32"] = "model.fp16tables.onnx"
+    (out / "metadata.json").write_text(json.dumps(meta))
+    after = OnnxEntityModel(out, variant="fp32", intra_op_threads=1)
+    np.testing.assert_allclose(after._run(after._pad(after._encode(texts))), ref, atol=5e-3)
+
+
+def test_fp32_node_patterns_that_match_nothing_are_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no MatMul node matches"):
+        _export(tmp_path, "sentiment", int8=True, int8_fp32_nodes=["no-such-node"])

@@ -96,7 +96,21 @@ def test_awkward_inputs_never_crash(sentiment: OnnxSentimentModel, entities: Onn
 def test_card_hashes_match_the_shipped_files() -> None:
     for task in ("sentiment", "ner"):
         card = json.loads((MODELS / task / "card.json").read_text())
-        assert "model.int8.onnx" in card["files"] and "tokenizer.json" in card["files"]
+        meta = json.loads((MODELS / task / "metadata.json").read_text())
+        graph, tokenizer = meta["files"]["int8"], meta["tokenizer"]
+        assert {graph, tokenizer, "metadata.json"} == set(card["files"])
         for name, digest in card["files"].items():
             assert hashlib.sha256((MODELS / task / name).read_bytes()).hexdigest() == digest, name
-        assert (MODELS / task / "MODEL_CARD.md").read_text().count(card["files"]["model.int8.onnx"]) == 1
+        assert (MODELS / task / "MODEL_CARD.md").read_text().count(card["files"][graph]) == 1
+
+
+def test_shipped_heads_share_one_graph_and_run_as_one(sentiment: OnnxSentimentModel) -> None:
+    entities = OnnxEntityModel(MODELS / "ner", intra_op_threads=1, share_with=sentiment)
+    assert entities.session is sentiment.session
+    pair = sentiment.joint_with(entities)
+    assert pair is not None
+    texts = [ANGRY, THANKS, "Just watched Barack Obama talk about Google on TV", *AWKWARD]
+    sentiments, found = pair.predict(texts)
+    assert [s.label for s in sentiments[:2]] == ["negative", "positive"]
+    assert ("company", "Google") in {(e.type, e.text) for e in found[2]}
+    assert (sentiments, found) == (sentiment.predict(texts), entities.predict(texts))

@@ -2,7 +2,8 @@
 
 The ONNX Runtime classes (``OnnxSentimentModel``, ``OnnxEntityModel``) own their sessions and read
 everything else from each model directory's ``metadata.json``; this module only decides which
-directories to open, with which providers and device, and turns their load errors into one.
+directories to open, with which providers and device, and turns their load errors into one. When
+both directories name the same graph (one encoder with two heads), the two models share a session.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def load_models(cfg: InferenceSettings) -> tuple[SentimentModel, EntityModel]:
     }
     try:
         sentiment = runtime.OnnxSentimentModel(dirs["sentiment"], **options)
-        entities = runtime.OnnxEntityModel(dirs["ner"], **options)
+        # Heads of one graph (`pulse models export-joint`) share its session.
+        entities = runtime.OnnxEntityModel(dirs["ner"], share_with=sentiment, **options)
     except (runtime.ModelLoadError, runtime.GpuUnavailableError) as exc:
         raise ModelLoadError(str(exc)) from None
     return sentiment, entities

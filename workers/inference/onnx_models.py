@@ -64,6 +64,8 @@ class ModelMetadata:
     pad_token_id: int
     files: dict[str, str]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # The graph output this head reads; None: the graph's only (first) output.
+    output: str | None = None
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> ModelMetadata:
@@ -82,6 +84,7 @@ class ModelMetadata:
                 pad_token_id=int(raw.get("pad_token_id", 0)),
                 files=dict(raw["files"]),
                 raw=raw,
+                output=str(raw["output"]) if raw.get("output") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path}: bad metadata ({exc!r})") from exc
@@ -173,6 +176,8 @@ class _OnnxModel:
     """Session + tokenizer shared by both tasks: loading, provider checks, padding, warm-up."""
 
     task = ""
+    session: ort.InferenceSession
+    graph_path: Path
 
     def __init__(
         self,
@@ -185,6 +190,7 @@ class _OnnxModel:
         variant: str | None = None,
         batch_size: int = 32,
         warmup: bool = True,
+        share_with: _OnnxModel | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.meta = ModelMetadata.from_dir(self.model_dir)
@@ -200,7 +206,44 @@ class _OnnxModel:
         path = self.model_dir / self.meta.files[self.variant]
         if not path.is_file():
             raise ModelLoadError(f"{path} not found")
+        self.graph_path = path.resolve()
+        self.tokenizer_path = (self.model_dir / self.meta.raw.get("tokenizer", "tokenizer.json")).resolve()
+        if share_with is not None and share_with.graph_path == self.graph_path:
+            # Another head of the same graph (`pulse models export-joint`): one session serves both.
+            self.session = share_with.session
+            warmup = False
+        else:
+            self.session = self._open(path, chosen, intra_op_threads, device_id)
+        self.providers = tuple(self.session.get_providers())
+        if require_gpu and not GPU_PROVIDERS.intersection(self.providers):
+            raise GpuUnavailableError(
+                f"require_gpu is set but the session runs on {list(self.providers)} "
+                f"(available here: {ort.get_available_providers()})"
+            )
+        self._input_names = tuple(i.name for i in self.session.get_inputs())
+        self._outputs = [self.meta.output] if self.meta.output else None
 
+        self.tokenizer = Tokenizer.from_file(str(self.tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.meta.max_length)
+        log.info(
+            "model loaded task=%s name=%s version=%s variant=%s providers=%s threads=%d shared=%s",
+            self.task,
+            self.meta.name,
+            self.meta.version,
+            self.variant,
+            ",".join(self.providers),
+            intra_op_threads,
+            self.session is getattr(share_with, "session", None),
+        )
+        if warmup:
+            # First runs allocate and pick kernels; pay that at start, not on the first real batch.
+            self._run(self._pad(self._encode(["warm-up", "a longer warm-up text " * 12])))
+
+    @staticmethod
+    def _open(
+        path: Path, providers: list[str], intra_op_threads: int, device_id: int
+    ) -> ort.InferenceSession:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
@@ -211,34 +254,9 @@ class _OnnxModel:
         # client threads and the tokeniser, and spinning pools starve them.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provider_args: list[Any] = [
-            (p, {"device_id": device_id}) if p in GPU_PROVIDERS else p for p in chosen
+            (p, {"device_id": device_id}) if p in GPU_PROVIDERS else p for p in providers
         ]
-        self.session = ort.InferenceSession(str(path), opts, providers=provider_args)
-        self.providers = tuple(self.session.get_providers())
-        if require_gpu and not GPU_PROVIDERS.intersection(self.providers):
-            raise GpuUnavailableError(
-                f"require_gpu is set but the session runs on {list(self.providers)} "
-                f"(available here: {ort.get_available_providers()})"
-            )
-        self._input_names = tuple(i.name for i in self.session.get_inputs())
-
-        self.tokenizer = Tokenizer.from_file(
-            str(self.model_dir / self.meta.raw.get("tokenizer", "tokenizer.json"))
-        )
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.meta.max_length)
-        log.info(
-            "model loaded task=%s name=%s version=%s variant=%s providers=%s threads=%d",
-            self.task,
-            self.meta.name,
-            self.meta.version,
-            self.variant,
-            ",".join(self.providers),
-            intra_op_threads,
-        )
-        if warmup:
-            # First runs allocate and pick kernels; pay that at start, not on the first real batch.
-            self._run(self._pad(self._encode(["warm-up", "a longer warm-up text " * 12])))
+        return ort.InferenceSession(str(path), opts, providers=provider_args)
 
     @property
     def ref(self) -> ModelRef:
@@ -270,7 +288,7 @@ class _OnnxModel:
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if not next(iter(feeds.values())).shape[0]:
             return np.zeros((0, 0, len(self.labels)), dtype=np.float32)
-        return self.session.run(None, feeds)[0].astype(np.float32, copy=False)
+        return self.session.run(self._outputs, feeds)[0].astype(np.float32, copy=False)
 
     def _length_sorted(self, lengths: Sequence[int], batch_size: int | None) -> list[list[int]]:
         size = batch_size or self.batch_size
@@ -289,8 +307,15 @@ class OnnxSentimentModel(_OnnxModel):
     def infer(self, encoded: EncodedBatch) -> list[Sentiment]:
         if not len(encoded):
             return []
-        probs = softmax(self._run(encoded.feeds))
-        return [self._sentiment(row) for row in probs]
+        return self.decode(encoded, self._run(encoded.feeds))
+
+    def decode(self, encoded: EncodedBatch, logits: np.ndarray) -> list[Sentiment]:
+        """Sentiments from this head's [n, labels] logits for `encoded`."""
+        return [self._sentiment(row) for row in softmax(logits.astype(np.float32, copy=False))]
+
+    def joint_with(self, entities: Any) -> SharedEncoderPair | None:
+        """Both heads in one pass when `entities` reads another output of this model's graph."""
+        return SharedEncoderPair.of(self, entities)
 
     def probabilities(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """[n, labels] probabilities, computed in length-sorted batches, returned in input order."""
@@ -338,7 +363,11 @@ class OnnxEntityModel(_OnnxModel):
     def infer(self, encoded: EncodedBatch) -> list[tuple[Entity, ...]]:
         if not len(encoded):
             return []
-        probs = softmax(self._run(encoded.feeds))
+        return self.decode(encoded, self._run(encoded.feeds))
+
+    def decode(self, encoded: EncodedBatch, logits: np.ndarray) -> list[tuple[Entity, ...]]:
+        """Entities from this head's [n, tokens, labels] logits for `encoded`."""
+        probs = softmax(logits.astype(np.float32, copy=False))
         return [
             self._entities(text, words, row)
             for text, words, row in zip(encoded.texts, encoded.words, probs, strict=True)
@@ -390,6 +419,54 @@ class OnnxEntityModel(_OnnxModel):
                 )
             )
         return tuple(entities)
+
+
+class SharedEncoderPair:
+    """Sentiment and entity heads of one graph (`pulse models export-joint`), run as one.
+
+    Both heads read the same encoder pass, so a micro-batch is tokenised once and the session runs
+    once for both outputs: half the work of two models. `of` returns None for any other pair.
+    """
+
+    def __init__(self, sentiment: OnnxSentimentModel, entities: OnnxEntityModel) -> None:
+        self.sentiment, self.entities = sentiment, entities
+        self._outputs = [str(sentiment.meta.output), str(entities.meta.output)]
+
+    @classmethod
+    def of(cls, sentiment: Any, entities: Any) -> SharedEncoderPair | None:
+        if not isinstance(sentiment, OnnxSentimentModel) or not isinstance(entities, OnnxEntityModel):
+            return None
+        same = (
+            sentiment.session is entities.session
+            and sentiment.meta.output is not None
+            and entities.meta.output is not None
+            and sentiment.tokenizer_path == entities.tokenizer_path
+            and sentiment.meta.max_length == entities.meta.max_length
+        )
+        return cls(sentiment, entities) if same else None
+
+    def tokenize(self, texts: Sequence[str]) -> EncodedBatch:
+        return self.entities.tokenize(texts)
+
+    def infer(self, encoded: EncodedBatch) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
+        if not len(encoded):
+            return [], []
+        sentiment_logits, entity_logits = self.entities.session.run(self._outputs, encoded.feeds)
+        return self.sentiment.decode(encoded, sentiment_logits), self.entities.decode(encoded, entity_logits)
+
+    def predict(
+        self, texts: Sequence[str], batch_size: int | None = None
+    ) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
+        """Both results per text, computed in length-sorted batches, returned in input order."""
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        encodings = self.entities._encode(texts)
+        sentiments: list[Sentiment | None] = [None] * len(texts)
+        entities: list[tuple[Entity, ...]] = [()] * len(texts)
+        for idx in self.entities._length_sorted([len(e.ids) for e in encodings], batch_size):
+            batch = self.entities._batch([texts[i] for i in idx], [encodings[i] for i in idx])
+            for i, sent, ents in zip(idx, *self.infer(batch), strict=True):
+                sentiments[i], entities[i] = sent, ents
+        return [s for s in sentiments if s is not None], entities
 
 
 def _first_subwords(word_ids: Sequence[int | None], rows: np.ndarray) -> list[tuple[int, np.ndarray]]:

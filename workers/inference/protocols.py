@@ -44,3 +44,16 @@ class EntityModel(Protocol):
     def infer(self, encoded: Any) -> list[tuple[Entity, ...]]:
         """One session run: the entities of each text, in order, offsets into that text."""
         ...
+
+
+@runtime_checkable
+class PostModel(Protocol):
+    """Sentiment and entities of texts from one tokenisation and one run (a shared-encoder model).
+
+    A sentiment model offers one through ``joint_with(entities)`` when both heads are outputs of
+    one graph; the stage then runs that instead of the two models one after the other.
+    """
+
+    def tokenize(self, texts: Sequence[str]) -> Any: ...
+
+    def infer(self, encoded: Any) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]: ...

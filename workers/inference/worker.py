@@ -5,7 +5,8 @@ Four threads, each owning one step, joined by bounded queues so memory stays bou
     main      consume, decode, dead-letter poison, batch (``batch_size`` or ``max_wait_ms``),
               store offsets of delivered records, pause partitions while the tokeniser is behind
     tokenise  length-sorted micro-batches, tokenised for both models (overlaps the model run)
-    infer     one sentiment and one entity session run per micro-batch
+    infer     one sentiment and one entity session run per micro-batch (one run for both when
+              the two heads share an encoder: ``joint_with``)
     produce   watchlist matches, ``EnrichedPost``, produce (delivery reports come back to main)
 
 Only the main thread touches the consumer and the offset ledger. A record's offset becomes storable
@@ -41,7 +42,7 @@ from schemas import DecodeError, Entity, ModelRef, RawPost, Sentiment, encode
 from workers.inference.batching import OffsetLedger, micro_batches
 from workers.inference.batching import TopicPartition as TP
 from workers.inference.enrich import STAGE, decode_post, enrich
-from workers.inference.protocols import EntityModel, SentimentModel
+from workers.inference.protocols import EntityModel, PostModel, SentimentModel
 from workers.inference.watchlist import Watchlist
 
 log = logging.getLogger("pulse.inference")
@@ -105,6 +106,9 @@ class InferenceWorker:
         self.entities = entities
         self.watchlist = watchlist
         self.models: tuple[ModelRef, ...] = (sentiment.ref, entities.ref)
+        joint_with = getattr(sentiment, "joint_with", None)
+        # One tokenisation and one session run per micro-batch when both heads share an encoder.
+        self.joint: PostModel | None = joint_with(entities) if callable(joint_with) else None
         self.clock = clock
         self.stopping = threading.Event()
         self._failure: BaseException | None = None
@@ -446,7 +450,10 @@ class InferenceWorker:
                 micro = [items[i] for i in idx]
                 texts = [item.post.text for item in micro]
                 started = time.perf_counter()
-                encoded = _Micro(micro, self.sentiment.tokenize(texts), self.entities.tokenize(texts))
+                if self.joint is not None:
+                    encoded = _Micro(micro, self.joint.tokenize(texts), None)
+                else:
+                    encoded = _Micro(micro, self.sentiment.tokenize(texts), self.entities.tokenize(texts))
                 metrics.LATENCY.labels(STAGE, "tokenise").observe(time.perf_counter() - started)
                 self._inf_q.put(encoded)
                 metrics.QUEUE_DEPTH.labels(STAGE, "infer").set(self._inf_q.qsize())
@@ -454,8 +461,11 @@ class InferenceWorker:
     def _infer_loop(self) -> None:
         while (micro := self._inf_q.get()) is not _STOP:
             started = time.perf_counter()
-            sentiments = self.sentiment.infer(micro.sentiment_in)
-            entities = self.entities.infer(micro.entities_in)
+            if self.joint is not None:
+                sentiments, entities = self.joint.infer(micro.sentiment_in)
+            else:
+                sentiments = self.sentiment.infer(micro.sentiment_in)
+                entities = self.entities.infer(micro.entities_in)
             metrics.LATENCY.labels(STAGE, "infer").observe(time.perf_counter() - started)
             if len(sentiments) != len(micro.items) or len(entities) != len(micro.items):
                 raise WorkerFailed(

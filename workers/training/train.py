@@ -46,6 +46,8 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0 = once per epoch
     case_marks: bool = False  # NER: the tokenizer writes CASE_MARK before capitalised words (uncased encoder)
     mention_swaps: int = 0  # NER: extra copies of the training sentences with entities swapped by type
+    ner_epochs: float = 6  # joint: passes over the NER data, interleaved with `epochs` over sentiment
+    ner_batch_size: int = 16  # joint: NER batch size
 
 
 # The settings the shipped models were trained with (2-core CPU: one thread each, two runs in parallel).
@@ -60,6 +62,20 @@ NER_DEFAULTS = TrainConfig(
     max_length=96,
     warmup=0.1,
     threads=1,
+    case_marks=True,
+    mention_swaps=2,
+)
+
+# One encoder, both heads: NER batches spread evenly among the sentiment ones, each task with its own
+# batch size and passes. Case marks are on for both heads, since both read the one encoder pass.
+JOINT_DEFAULTS = TrainConfig(
+    task="joint",
+    epochs=2,
+    lr=8e-5,
+    batch_size=32,
+    max_length=96,
+    threads=2,
+    eval_every=400,
     case_marks=True,
     mention_swaps=2,
 )
@@ -203,6 +219,77 @@ def predict_sequence(model: Any, ids: list[list[int]], pad_id: int, batch_size: 
     return out
 
 
+@dataclass
+class _SentimentData:
+    labels: list[str]
+    splits: dict[str, list[corpora.TextExample]]
+    enc: dict[str, list[list[int]]]
+    y: dict[str, np.ndarray]
+    loss_fn: torch.nn.CrossEntropyLoss
+
+    def dev_report(self, model: Any, pad_id: int) -> dict[str, Any]:
+        return classification_report(
+            self.y["dev"], predict_sequence(model, self.enc["dev"], pad_id).argmax(1), self.labels
+        )
+
+    def test_report(self, model: Any, pad_id: int) -> dict[str, Any]:
+        return classification_report(
+            self.y["test"], predict_sequence(model, self.enc["test"], pad_id).argmax(1), self.labels
+        )
+
+
+def _sentiment_data(tok: PreTrainedTokenizerBase, cfg: TrainConfig) -> _SentimentData:
+    """Splits, token ids and the class-weighted loss (weights = (N / (K * n_c)) ** power)."""
+    labels = list(corpora.SENTIMENT_LABELS)
+    splits = corpora.sentiment_splits(with_reviews=cfg.with_reviews)
+    log.info("sentiment data %s", corpora.describe(splits))
+    enc = {
+        name: _encode_texts(tok, [ex.text for ex in rows], cfg.max_length) for name, rows in splits.items()
+    }
+    y = {name: np.array([labels.index(ex.label) for ex in rows]) for name, rows in splits.items()}
+    counts = np.bincount(y["train"], minlength=len(labels)).astype(np.float64)
+    weights = (counts.sum() / (len(labels) * counts)) ** cfg.class_weight_power
+    log.info("class weights %s", dict(zip(labels, weights.round(3).tolist(), strict=True)))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    return _SentimentData(labels, splits, enc, y, loss_fn)
+
+
+def _sentiment_model(base: Path, labels: list[str]) -> Any:
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(base),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+
+
+def _sentiment_loss(model: Any, data: _SentimentData, batch: list[int], pad_id: int) -> torch.Tensor:
+    input_ids = _pad([data.enc["train"][i] for i in batch], pad_id)
+    logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
+    return data.loss_fn(logits, torch.tensor(data.y["train"][batch]))
+
+
+def _log_sentiment_dev(step: int, dev: dict[str, Any]) -> None:
+    log.info(
+        "dev step=%d accuracy=%.4f macro_f1=%.4f per_class=%s",
+        step,
+        dev["accuracy"],
+        dev["macro_f1"],
+        {k: round(v["f1"], 4) for k, v in dev["per_class"].items()},
+    )
+
+
+def _steps(n_examples: int, batch_size: int, epochs: float) -> tuple[int, int]:
+    """(steps per epoch, total steps)."""
+    per_epoch = math.ceil(n_examples / batch_size)
+    return per_epoch, int(per_epoch * epochs)
+
+
+def _forever(lengths: Sequence[int], batch_size: int, rng: random.Random, pool: int) -> Iterator[list[int]]:
+    while True:
+        yield from length_grouped_batches(lengths, batch_size, rng, pool)
+
+
 def train_sentiment(
     out_dir: Path, cfg: TrainConfig = SENTIMENT_DEFAULTS, base: Path | None = None
 ) -> dict[str, Any]:
@@ -210,73 +297,37 @@ def train_sentiment(
     torch.set_num_threads(cfg.threads)
     _seed(cfg.seed)
     base = base or corpora.base_encoder_dir()
-    labels = list(corpora.SENTIMENT_LABELS)
-    splits = corpora.sentiment_splits(with_reviews=cfg.with_reviews)
-    log.info("sentiment data %s", corpora.describe(splits))
     tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
+    data = _sentiment_data(tok, cfg)
+    model = _sentiment_model(base, data.labels)
     pad_id = tok.pad_token_id
-    enc = {
-        name: _encode_texts(tok, [ex.text for ex in rows], cfg.max_length) for name, rows in splits.items()
-    }
-    y = {name: np.array([labels.index(ex.label) for ex in rows]) for name, rows in splits.items()}
-
-    counts = np.bincount(y["train"], minlength=len(labels)).astype(np.float64)
-    weights = (counts.sum() / (len(labels) * counts)) ** cfg.class_weight_power
-    log.info("class weights %s", dict(zip(labels, weights.round(3).tolist(), strict=True)))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
-
-    rng = random.Random(cfg.seed)
-    lengths = [len(r) for r in enc["train"]]
-    steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
-    total = int(steps_per_epoch * cfg.epochs)
+    lengths = [len(r) for r in data.enc["train"]]
+    steps_per_epoch, total = _steps(len(lengths), cfg.batch_size, cfg.epochs)
     optimizer = _optimizer(model, cfg)
     scheduler = _schedule(optimizer, total, cfg.warmup)
     progress = _Progress(total)
     eval_every = cfg.eval_every or steps_per_epoch
     best: dict[str, Any] = {"dev_macro_f1": -1.0}
-    step = 0
-    while step < total:
-        for batch in length_grouped_batches(lengths, cfg.batch_size, rng):
-            if step >= total:
-                break
-            model.train()
-            input_ids = _pad([enc["train"][i] for i in batch], pad_id)
-            logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
-            loss = loss_fn(logits, torch.tensor(y["train"][batch]))
-            _update(model, optimizer, scheduler, loss)
-            step += 1
-            progress.update(step, loss.item())
-            if step % eval_every == 0 or step == total:
-                dev = classification_report(
-                    y["dev"], predict_sequence(model, enc["dev"], pad_id).argmax(1), labels
-                )
-                log.info(
-                    "dev step=%d accuracy=%.4f macro_f1=%.4f per_class=%s",
-                    step,
-                    dev["accuracy"],
-                    dev["macro_f1"],
-                    {k: round(v["f1"], 4) for k, v in dev["per_class"].items()},
-                )
-                if dev["macro_f1"] > best["dev_macro_f1"]:
-                    best = {"dev_macro_f1": dev["macro_f1"], "step": step, "dev": dev}
-                    model.save_pretrained(str(out_dir))
-                    tok.save_pretrained(str(out_dir))
+    batches = _forever(lengths, cfg.batch_size, random.Random(cfg.seed), pool=50)
+    for step in range(1, total + 1):
+        model.train()
+        loss = _sentiment_loss(model, data, next(batches), pad_id)
+        _update(model, optimizer, scheduler, loss)
+        progress.update(step, loss.item())
+        if step % eval_every == 0 or step == total:
+            dev = data.dev_report(model, pad_id)
+            _log_sentiment_dev(step, dev)
+            if dev["macro_f1"] > best["dev_macro_f1"]:
+                best = {"dev_macro_f1": dev["macro_f1"], "step": step, "dev": dev}
+                model.save_pretrained(str(out_dir))
+                tok.save_pretrained(str(out_dir))
     # The test split is read once, with the checkpoint chosen on dev.
-    best_model = AutoModelForSequenceClassification.from_pretrained(str(out_dir))
-    test = classification_report(
-        y["test"], predict_sequence(best_model, enc["test"], pad_id).argmax(1), labels
-    )
+    test = data.test_report(AutoModelForSequenceClassification.from_pretrained(str(out_dir)), pad_id)
     log.info("test accuracy=%.4f macro_f1=%.4f", test["accuracy"], test["macro_f1"])
     report = {
         "task": "sentiment",
         "config": asdict(cfg),
-        "data": corpora.describe(splits),
+        "data": corpora.describe(data.splits),
         "chosen_step": best["step"],
         "total_steps": total,
         "dev": best["dev"],
@@ -362,11 +413,23 @@ def word_tags(
     return out
 
 
-def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None = None) -> dict[str, Any]:
-    """Fine-tune on WNUT-16 tweets, pick the checkpoint on dev entity F1, report test once."""
-    torch.set_num_threads(cfg.threads)
-    _seed(cfg.seed)
-    base = base or corpora.base_encoder_dir()
+@dataclass
+class _NerData:
+    labels: list[str]
+    splits: dict[str, list[corpora.TokenExample]]
+    enc: dict[str, tuple[list[list[int]], list[list[int]], list[list[int | None]]]]
+
+    def report(self, model: Any, name: str, pad_id: int) -> dict[str, Any]:
+        ids, _, words = self.enc[name]
+        rows = self.splits[name]
+        pred = word_tags(
+            predict_tokens(model, ids, pad_id), words, [len(ex.tokens) for ex in rows], self.labels
+        )
+        return entity_report([list(ex.tags) for ex in rows], pred)
+
+
+def _ner_data(tok: PreTrainedTokenizerBase, cfg: TrainConfig) -> _NerData:
+    """WNUT-16 splits (train with `mention_swaps` extra copies), aligned to the tokenizer's words."""
     labels = corpora.ner_labels(corpora.load_wnut16())
     label_ids = {name: i for i, name in enumerate(labels)}
     splits = corpora.ner_splits()
@@ -375,70 +438,79 @@ def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None 
             splits["train"], cfg.mention_swaps, cfg.seed
         )
     log.info("ner data %s", {k: len(v) for k, v in splits.items()})
-    tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForTokenClassification.from_pretrained(
-        str(base), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids
+    enc = {name: _align(tok, rows, label_ids, cfg.max_length) for name, rows in splits.items()}
+    return _NerData(labels, splits, enc)
+
+
+def _ner_model(base: Path, labels: list[str]) -> Any:
+    return AutoModelForTokenClassification.from_pretrained(
+        str(base),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
-    pad_id = tok.pad_token_id
+
+
+_TOKEN_LOSS = torch.nn.CrossEntropyLoss(ignore_index=-100)
+
+
+def _ner_loss(model: Any, data: _NerData, batch: list[int], pad_id: int) -> torch.Tensor:
+    train_ids, train_labs, _ = data.enc["train"]
+    input_ids = _pad([train_ids[i] for i in batch], pad_id)
+    target = _pad([train_labs[i] for i in batch], -100)
+    logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
+    return _TOKEN_LOSS(logits.reshape(-1, len(data.labels)), target.reshape(-1))
+
+
+def _log_ner(split: str, step: int, rep: dict[str, Any]) -> None:
+    log.info(
+        "%s step=%d entity_f1=%.4f precision=%.4f recall=%.4f per_type=%s",
+        split,
+        step,
+        rep["f1"],
+        rep["precision"],
+        rep["recall"],
+        {k: round(v["f1"], 3) for k, v in rep["per_type"].items()},
+    )
+
+
+def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None = None) -> dict[str, Any]:
+    """Fine-tune on WNUT-16 tweets, pick the checkpoint on dev entity F1, report test once."""
+    torch.set_num_threads(cfg.threads)
+    _seed(cfg.seed)
+    base = base or corpora.base_encoder_dir()
+    tok = AutoTokenizer.from_pretrained(str(base))
     if cfg.case_marks:
         add_case_marks(tok)
-    enc = {name: _align(tok, rows, label_ids, cfg.max_length) for name, rows in splits.items()}
-    gold = {name: [list(ex.tags) for ex in rows] for name, rows in splits.items()}
-    n_words = {name: [len(ex.tokens) for ex in rows] for name, rows in splits.items()}
-
-    def evaluate(m: torch.nn.Module, name: str) -> dict[str, Any]:
-        ids, _, words = enc[name]
-        pred = word_tags(predict_tokens(m, ids, pad_id), words, n_words[name], labels)
-        return entity_report(gold[name], pred)
-
-    train_ids, train_labs, _ = enc["train"]
-    rng = random.Random(cfg.seed)
-    lengths = [len(r) for r in train_ids]
-    steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
-    total = int(steps_per_epoch * cfg.epochs)
+    data = _ner_data(tok, cfg)
+    model = _ner_model(base, data.labels)
+    pad_id = tok.pad_token_id
+    lengths = [len(r) for r in data.enc["train"][0]]
+    steps_per_epoch, total = _steps(len(lengths), cfg.batch_size, cfg.epochs)
     optimizer = _optimizer(model, cfg)
     scheduler = _schedule(optimizer, total, cfg.warmup)
     progress = _Progress(total)
     eval_every = cfg.eval_every or steps_per_epoch
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     best: dict[str, Any] = {"dev_f1": -1.0}
-    step = 0
-    while step < total:
-        for batch in length_grouped_batches(lengths, cfg.batch_size, rng, pool=20):
-            if step >= total:
-                break
-            model.train()
-            input_ids = _pad([train_ids[i] for i in batch], pad_id)
-            target = _pad([train_labs[i] for i in batch], -100)
-            logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
-            loss = loss_fn(logits.reshape(-1, len(labels)), target.reshape(-1))
-            _update(model, optimizer, scheduler, loss)
-            step += 1
-            progress.update(step, loss.item())
-            if step % eval_every == 0 or step == total:
-                dev = evaluate(model, "dev")
-                log.info(
-                    "dev step=%d entity_f1=%.4f precision=%.4f recall=%.4f",
-                    step,
-                    dev["f1"],
-                    dev["precision"],
-                    dev["recall"],
-                )
-                if dev["f1"] > best["dev_f1"]:
-                    best = {"dev_f1": dev["f1"], "step": step, "dev": dev}
-                    model.save_pretrained(str(out_dir))
-                    save_tokenizer(tok, out_dir, verbatim=cfg.case_marks)
-    best_model = AutoModelForTokenClassification.from_pretrained(str(out_dir))
-    test = evaluate(best_model, "test")
-    log.info(
-        "test entity_f1=%.4f per_type=%s",
-        test["f1"],
-        {k: round(v["f1"], 3) for k, v in test["per_type"].items()},
-    )
+    batches = _forever(lengths, cfg.batch_size, random.Random(cfg.seed), pool=20)
+    for step in range(1, total + 1):
+        model.train()
+        loss = _ner_loss(model, data, next(batches), pad_id)
+        _update(model, optimizer, scheduler, loss)
+        progress.update(step, loss.item())
+        if step % eval_every == 0 or step == total:
+            dev = data.report(model, "dev", pad_id)
+            _log_ner("dev", step, dev)
+            if dev["f1"] > best["dev_f1"]:
+                best = {"dev_f1": dev["f1"], "step": step, "dev": dev}
+                model.save_pretrained(str(out_dir))
+                save_tokenizer(tok, out_dir, verbatim=cfg.case_marks)
+    test = data.report(AutoModelForTokenClassification.from_pretrained(str(out_dir)), "test", pad_id)
+    _log_ner("test", best["step"], test)
     report = {
         "task": "ner",
         "config": asdict(cfg),
-        "data": {k: len(v) for k, v in splits.items()},
+        "data": {k: len(v) for k, v in data.splits.items()},
         "chosen_step": best["step"],
         "total_steps": total,
         "dev": best["dev"],
@@ -446,6 +518,104 @@ def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None 
     }
     (out_dir / "training_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+# ---------------------------------------------------------------- one encoder, both heads
+
+
+def share_encoder(owner: Any, other: Any) -> None:
+    """Make `other` run `owner`'s encoder module (same parameters, one set of weights)."""
+    setattr(other, other.base_model_prefix, getattr(owner, owner.base_model_prefix))
+
+
+def _save_token_head(model: Any, out_dir: Path) -> None:
+    # The shared encoder carries the sequence head's pooler; a token classifier has none.
+    state = {k: v for k, v in model.state_dict().items() if ".pooler." not in k}
+    model.save_pretrained(str(out_dir), state_dict=state)
+
+
+def train_joint(out_dir: Path, cfg: TrainConfig = JOINT_DEFAULTS, base: Path | None = None) -> dict[str, Any]:
+    """Fine-tune one encoder for both tasks; write `sentiment-hf/` and `ner-hf/` sharing its weights.
+
+    Each step trains one head (and the encoder) on a batch of its task: the NER steps are spread
+    evenly among the sentiment steps. The checkpoint is chosen on the sum of dev sentiment macro-F1
+    and dev entity F1, so both directories always hold the same encoder; each is an ordinary
+    Hugging Face checkpoint that `pipeline(...)`, `calibrate` and `export` take as it is.
+    """
+    torch.set_num_threads(cfg.threads)
+    _seed(cfg.seed)
+    base = base or corpora.base_encoder_dir()
+    tok = AutoTokenizer.from_pretrained(str(base))
+    add_case_marks(tok)
+    sent_data, ner_data = _sentiment_data(tok, cfg), _ner_data(tok, cfg)
+    sentiment, ner = _sentiment_model(base, sent_data.labels), _ner_model(base, ner_data.labels)
+    share_encoder(sentiment, ner)
+    joint = torch.nn.ModuleDict({"sentiment": sentiment, "ner": ner})
+    pad_id = tok.pad_token_id
+    sent_lengths = [len(r) for r in sent_data.enc["train"]]
+    ner_lengths = [len(r) for r in ner_data.enc["train"][0]]
+    _, n_sent = _steps(len(sent_lengths), cfg.batch_size, cfg.epochs)
+    _, n_ner = _steps(len(ner_lengths), cfg.ner_batch_size, cfg.ner_epochs)
+    total = n_sent + n_ner
+    log.info("joint steps: %d sentiment + %d ner = %d", n_sent, n_ner, total)
+    optimizer = _optimizer(joint, cfg)
+    scheduler = _schedule(optimizer, total, cfg.warmup)
+    progress = _Progress(total)
+    sent_batches = _forever(sent_lengths, cfg.batch_size, random.Random(cfg.seed), pool=50)
+    ner_batches = _forever(ner_lengths, cfg.ner_batch_size, random.Random(cfg.seed + 1), pool=20)
+    dirs = {"sentiment": out_dir / "sentiment-hf", "ner": out_dir / "ner-hf"}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    best: dict[str, Any] = {"score": -1.0}
+    for step in range(1, total + 1):
+        joint.train()
+        if step * n_ner // total > (step - 1) * n_ner // total:
+            loss = _ner_loss(ner, ner_data, next(ner_batches), pad_id)
+        else:
+            loss = _sentiment_loss(sentiment, sent_data, next(sent_batches), pad_id)
+        _update(joint, optimizer, scheduler, loss)
+        progress.update(step, loss.item())
+        if step % (cfg.eval_every or n_sent) == 0 or step == total:
+            sent_dev, ner_dev = sent_data.dev_report(sentiment, pad_id), ner_data.report(ner, "dev", pad_id)
+            _log_sentiment_dev(step, sent_dev)
+            _log_ner("dev", step, ner_dev)
+            score = sent_dev["macro_f1"] + ner_dev["f1"]
+            if score > best["score"]:
+                best = {"score": score, "step": step, "sentiment": sent_dev, "ner": ner_dev}
+                sentiment.save_pretrained(str(dirs["sentiment"]))
+                _save_token_head(ner, dirs["ner"])
+                for d in dirs.values():
+                    save_tokenizer(tok, d, verbatim=True)
+    sent_test = sent_data.test_report(
+        AutoModelForSequenceClassification.from_pretrained(str(dirs["sentiment"])), pad_id
+    )
+    ner_test = ner_data.report(
+        AutoModelForTokenClassification.from_pretrained(str(dirs["ner"])), "test", pad_id
+    )
+    log.info("test sentiment accuracy=%.4f macro_f1=%.4f", sent_test["accuracy"], sent_test["macro_f1"])
+    _log_ner("test", best["step"], ner_test)
+    common = {"config": asdict(cfg), "chosen_step": best["step"], "total_steps": total}
+    reports = {
+        "sentiment": {
+            "task": "sentiment",
+            **common,
+            "data": corpora.describe(sent_data.splits),
+            "dev": best["sentiment"],
+            "test": sent_test,
+            "shared_encoder_with": "ner",
+        },
+        "ner": {
+            "task": "ner",
+            **common,
+            "data": {k: len(v) for k, v in ner_data.splits.items()},
+            "dev": best["ner"],
+            "test": ner_test,
+            "shared_encoder_with": "sentiment",
+        },
+    }
+    for task, rep in reports.items():
+        (dirs[task] / "training_report.json").write_text(json.dumps(rep, indent=2))
+    return reports
 
 
 def iter_chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
