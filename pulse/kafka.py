@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -82,25 +84,65 @@ def dead_letter(
     )
 
 
+class LogThrottle:
+    """At most ``burst`` log lines per ``window_s`` seconds; the rest are counted, not logged.
+
+    A flood of bad input must not become a flood of log lines: every dead letter is still counted
+    in ``pulse_dead_letters_total`` and kept in the dead-letter topic, and the next line that is
+    logged says how many were left out since the last one.
+    """
+
+    def __init__(
+        self, burst: int = 10, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst, self.window_s, self.clock = burst, window_s, clock
+        self._lock = threading.Lock()
+        self._window_start = -float("inf")
+        self._logged = 0
+        self._suppressed = 0
+
+    def allow(self) -> tuple[bool, int]:
+        """(whether to log this one, how many were left out before it)."""
+        with self._lock:
+            now = self.clock()
+            if now - self._window_start >= self.window_s:
+                self._window_start, self._logged = now, 0
+            if self._logged >= self.burst:
+                self._suppressed += 1
+                return False, 0
+            self._logged += 1
+            suppressed, self._suppressed = self._suppressed, 0
+            return True, suppressed
+
+
+DEAD_LETTER_LOG = LogThrottle()
+
+
 def publish_dead_letter(
     producer: Producer,
     topic: str,
     letter: DeadLetter,
     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
 ) -> None:
-    """Produce a dead letter (key: the original key) and count it; delivery reported to ``on_delivery``."""
+    """Produce a dead letter (key: the original key) and count it; delivery reported to ``on_delivery``.
+
+    Logged as a warning, at most 10 per 10 s (``DEAD_LETTER_LOG``); the metric counts every one.
+    """
     metrics.DEAD_LETTERS.labels(letter.stage, letter.reason).inc()
-    log.warning(
-        "dead letter",
-        extra={
-            "stage": letter.stage,
-            "reason": letter.reason,
-            "error": letter.error,
-            "topic": letter.topic,
-            "partition": letter.partition,
-            "offset": letter.offset,
-        },
-    )
+    logged, left_out = DEAD_LETTER_LOG.allow()
+    if logged:
+        log.warning(
+            "dead letter",
+            extra={
+                "stage": letter.stage,
+                "reason": letter.reason,
+                "error": letter.error,
+                "topic": letter.topic,
+                "partition": letter.partition,
+                "offset": letter.offset,
+                **({"not_logged_before": left_out} if left_out else {}),
+            },
+        )
     if on_delivery is None:
         producer.produce(topic, key=letter.key, value=encode(letter))
     else:
