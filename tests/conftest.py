@@ -8,7 +8,6 @@ PULSE_TEST_KAFKA / PULSE_TEST_REDIS_URL to run against services you started your
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,19 +16,14 @@ import pytest
 
 from pulse import services, topics
 from pulse.settings import Settings, load
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.harness import free_port
 
 
 @pytest.fixture(scope="session")
 def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings pointing at a running broker and Redis for this test session."""
     data_dir: Path = tmp_path_factory.mktemp("pulse-services")
-    kafka = os.environ.get("PULSE_TEST_KAFKA") or f"127.0.0.1:{_free_port()}"
+    kafka = os.environ.get("PULSE_TEST_KAFKA") or f"127.0.0.1:{free_port()}"
     # DB 15 of the machine's Redis when there is one; an embedded server on that address otherwise.
     redis_url = os.environ.get("PULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     settings = load(
@@ -69,21 +63,3 @@ def fresh_settings(services_settings: Settings) -> Callable[..., Settings]:
 def settings(fresh_settings: Callable[..., Settings]) -> Settings:
     """Settings with this test's own topics on the session's broker and its own Redis key prefix."""
     return fresh_settings()
-
-
-def stage_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment for a `pulse` child process that must see exactly these settings."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "REDIS__", "TOPICS__", "LOCAL__"))
-    }
-    env.update(
-        {
-            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "REDIS__URL": settings.redis.url,
-            "REDIS__KEY_PREFIX": settings.redis.key_prefix,
-            "LOCAL__DATA_DIR": str(settings.local.data_dir),
-            **{f"TOPICS__{role.upper()}": name for role, name in settings.topics.by_role().items()},
-            **extra,
-        }
-    )
-    return env

@@ -13,8 +13,8 @@ import orjson
 
 from pulse.settings import Settings
 from schemas import DeadLetter, EnrichedPost, decode, encode
-from tests.conftest import stage_env
 from tests.factories import post_factory
+from tests.harness import stage_env
 from tests.kafka_io import read_topic
 
 PULSE = [sys.executable, "-m", "pulse.cli"]

@@ -17,6 +17,7 @@ from pulse import services, topics
 from pulse.settings import Settings
 from schemas import RawPost, decode, encode
 from tests.factories import post_factory
+from tests.harness import free_port
 
 
 def test_topics_are_provisioned_with_their_configs(settings: Settings) -> None:
@@ -74,16 +75,10 @@ def test_redis_round_trip_with_a_lua_script(settings: Settings) -> None:
     client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_cli_up_status_down_starts_and_stops_only_its_own(
     tmp_path: Path, services_settings: Settings
 ) -> None:
-    kafka_port, redis_port = _free_port(), _free_port()
+    kafka_port, redis_port = free_port(), free_port()
     env = {
         **os.environ,
         "LOCAL__DATA_DIR": str(tmp_path),

@@ -6,16 +6,12 @@ half-way, and records what each connection asked for, so the test sees the resum
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +22,7 @@ import websockets
 from pulse.settings import Settings
 from schemas import DeadLetter, RawPost, decode
 from tests import kafka_io
+from tests.harness import ThreadedServer, free_port, stage_env
 
 pytestmark = pytest.mark.timeout(120)
 DID = "did:plc:eygmaihciaxprqvxpfvl6flk"
@@ -75,13 +72,10 @@ MESSAGES = [
 DROP_AFTER = 3  # the first connection dies after this many messages
 
 
-class FakeJetstream:
+class FakeJetstream(ThreadedServer):
     def __init__(self) -> None:
+        super().__init__()
         self.connections: list[dict[str, list[str]]] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
 
     async def handler(self, ws: Any) -> None:
         query = parse_qs(urlsplit(ws.request.path).query)
@@ -99,24 +93,14 @@ class FakeJetstream:
             await ws.send(orjson.dumps(message).decode())
         await ws.wait_closed()
 
-    def run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            async with websockets.serve(self.handler, "127.0.0.1", 0) as server:
-                self.port = next(iter(server.sockets)).getsockname()[1]
-                self._ready.set()
-                await self._stop.wait()
+    async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        server = await websockets.serve(self.handler, "127.0.0.1", 0)
 
-        asyncio.run(main())
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
 
-    def start(self) -> None:
-        threading.Thread(target=self.run, daemon=True).start()
-        assert self._ready.wait(10)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        return next(iter(server.sockets)).getsockname()[1], close
 
 
 @pytest.fixture
@@ -134,15 +118,7 @@ read_topic = functools.partial(kafka_io.read_topic, settle=2.0)
 def test_jetstream_posts_arrive_once_and_the_stream_resumes_from_its_cursor(
     settings: Settings, jetstream: FakeJetstream
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
-    env.update(
-        {
-            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "TOPICS__RAW": settings.topics.raw,
-            "TOPICS__DLQ": settings.topics.dlq,
-            "INGEST__RECONNECT_MAX_S": "1",
-        }
-    )
+    env = stage_env(settings, INGEST__RECONNECT_MAX_S="1")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -187,19 +163,8 @@ def test_jetstream_posts_arrive_once_and_the_stream_resumes_from_its_cursor(
 
 
 def test_a_firehose_that_never_answers_exits_non_zero_after_bounded_retries(settings: Settings) -> None:
-    with socket.socket() as sock:  # a port with nothing listening
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
-    env.update(
-        {
-            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "TOPICS__RAW": settings.topics.raw,
-            "TOPICS__DLQ": settings.topics.dlq,
-            "INGEST__RECONNECT_MAX_S": "0.2",
-            "INGEST__RECONNECT_ATTEMPTS": "2",
-        }
-    )
+    port = free_port()  # nothing listens there
+    env = stage_env(settings, INGEST__RECONNECT_MAX_S="0.2", INGEST__RECONNECT_ATTEMPTS="2")
     started = time.monotonic()
     done = subprocess.run(
         [

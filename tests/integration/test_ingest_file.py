@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import pytest
 from pulse.cli import build_parser
 from pulse.settings import Settings
 from schemas import DeadLetter, RawPost, decode
+from tests.harness import free_port, stage_env
 from tests.kafka_io import read_topic
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,7 +148,7 @@ def test_a_looped_replay_continues_with_new_ids_and_later_times(
     settings: Settings, ingest: Callable[..., int], tmp_path: Path
 ) -> None:
     path = jsonl(tmp_path / "posts.jsonl", [post(i) for i in range(20)])
-    env = _env(settings)
+    env = stage_env(settings)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -178,26 +177,6 @@ def test_a_looped_replay_continues_with_new_ids_and_later_times(
     assert posts[b"test:3#1"].created_at > posts[b"test:19"].created_at
 
 
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
-    env.update(
-        {
-            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "TOPICS__RAW": settings.topics.raw,
-            "TOPICS__DLQ": settings.topics.dlq,
-            "PYTHONUNBUFFERED": "1",
-            **extra,
-        }
-    )
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _scrape(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
@@ -208,8 +187,8 @@ def _scrape(port: int) -> str:
 
 def test_sigterm_flushes_what_is_in_flight_and_exits_zero(settings: Settings) -> None:
     # A 20 s linger holds records in the producer: only the flush on SIGTERM can deliver them in time.
-    env = _env(settings, INGEST__LINGER_MS="20000")
-    port = _free_port()
+    env = stage_env(settings, INGEST__LINGER_MS="20000")
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pulse.cli", "ingest", "stdin", "--metrics-port", str(port)],
         env=env,
@@ -272,7 +251,7 @@ def test_without_success_reports_a_failed_delivery_still_fails_the_run(
     # Nothing listens on this port: every record times out in the producer after 1 s.
     gone = settings.model_copy(
         update={
-            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{_free_port()}"}),
+            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"}),
             "ingest": settings.ingest.model_copy(update={"delivery_timeout_ms": 1000}),
         }
     )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +16,11 @@ import pytest
 
 from pulse.settings import Settings
 from schemas import DeadLetter, RawPost, decode
+from tests.harness import free_port, stage_env
 from tests.kafka_io import read_topic
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "s3cret-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
@@ -58,18 +51,8 @@ class Server:
 
 
 def start_server(settings: Settings, **env_overrides: str) -> Server:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
-    env.update(
-        {
-            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "TOPICS__RAW": settings.topics.raw,
-            "TOPICS__DLQ": settings.topics.dlq,
-            "INGEST__HTTP_TOKEN": TOKEN,
-            "INGEST__MAX_BODY_BYTES": "20000",
-            **env_overrides,
-        }
-    )
+    port = free_port()
+    env = stage_env(settings, INGEST__HTTP_TOKEN=TOKEN, INGEST__MAX_BODY_BYTES="20000", **env_overrides)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pulse.cli", "ingest", "http", "--port", str(port)],
         env=env,

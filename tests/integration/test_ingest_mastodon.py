@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -19,6 +17,7 @@ from aiohttp import web
 from pulse.settings import Settings
 from schemas import DeadLetter, RawPost, decode
 from tests import kafka_io
+from tests.harness import ThreadedServer, stage_env
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "masto-token"
@@ -84,13 +83,10 @@ SECOND = [
 ]
 
 
-class FakeMastodon:
+class FakeMastodon(ThreadedServer):
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[tuple[str, str, str]] = []  # (path, tag, authorization)
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(
@@ -108,35 +104,18 @@ class FakeMastodon:
             assert request.transport is not None
             request.transport.abort()  # the connection is lost mid-stream
             return resp
-        while self._stop is not None and not self._stop.is_set():
+        while not self.stopping:
             await resp.write(b":thump\n\n")
             await asyncio.sleep(0.5)
         return resp
 
-    def run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            app.router.add_get("/api/v1/streaming/hashtag", self.stream)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = runner.addresses[0][1]
-            self._ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        asyncio.run(main())
-
-    def start(self) -> None:
-        threading.Thread(target=self.run, daemon=True).start()
-        assert self._ready.wait(10)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+    async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        app = web.Application()
+        app.router.add_get("/api/v1/streaming/hashtag", self.stream)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner.addresses[0][1], runner.cleanup
 
 
 @pytest.fixture
@@ -152,16 +131,7 @@ read_topic = functools.partial(kafka_io.read_topic, settle=2.0)
 
 
 def test_mastodon_updates_arrive_once_across_a_reconnect(settings: Settings, mastodon: FakeMastodon) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INGEST__"))}
-    env.update(
-        {
-            "KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "TOPICS__RAW": settings.topics.raw,
-            "TOPICS__DLQ": settings.topics.dlq,
-            "INGEST__RECONNECT_MAX_S": "1",
-            "MASTODON_TOKEN": TOKEN,
-        }
-    )
+    env = stage_env(settings, INGEST__RECONNECT_MAX_S="1", MASTODON_TOKEN=TOKEN)
     proc = subprocess.Popen(
         [
             sys.executable,

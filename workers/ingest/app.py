@@ -85,3 +85,13 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     return stop
+
+
+def serve(settings: Settings, metrics_port: int | None, publisher: Publisher) -> threading.Event:
+    """What every ingest command runs beside its loop: the signal handlers and the metrics server.
+
+    /healthz is healthy while the publisher has no fatal error. Returns the stop event.
+    """
+    stop = stop_on_signals()
+    serve_metrics(settings, metrics_port, health=lambda: publisher.error is None)
+    return stop

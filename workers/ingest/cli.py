@@ -199,8 +199,7 @@ def _file(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.retime:
         pipeline.builder.retime(str(int(time.time())))
-    stop = app.stop_on_signals()
-    app.serve_metrics(settings, args.metrics_port, health=lambda: publisher.error is None)
+    stop = app.serve(settings, args.metrics_port, publisher)
     batch = settings.ingest.batch_size
     pacer: RatePacer | SpeedPacer | None = None
     if args.rate:

@@ -219,8 +219,7 @@ def run_firehose(stream: Stream, args: argparse.Namespace, settings: Settings) -
     except PublishError as exc:
         print(f"pulse ingest: error: {exc}", file=sys.stderr)
         return 2
-    stop = app.stop_on_signals()
-    app.serve_metrics(settings, args.metrics_port, health=lambda: publisher.error is None)
+    stop = app.serve(settings, args.metrics_port, publisher)
     source = FirehoseSource(
         stream,
         batch_size=min(settings.ingest.batch_size, 500),

@@ -271,8 +271,7 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
     except PublishError as exc:
         print(f"pulse ingest: error: {exc}", file=sys.stderr)
         return 2
-    stop = app.stop_on_signals()
-    app.serve_metrics(settings, args.metrics_port, health=lambda: publisher.error is None)
+    stop = app.serve(settings, args.metrics_port, publisher)
     rate = scenario.rate
     batch = max(1, min(settings.ingest.batch_size, int(rate // 10) or 1))
     runner = Runner(
