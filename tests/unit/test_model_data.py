@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from workers.training import data as corpora
+from workers.training.evaluate import accuracy_by_agreement
 from workers.training.metrics import classification_report, entity_report
 
 needs_data = pytest.mark.skipif(
@@ -54,6 +55,17 @@ def test_classification_report_counts_per_class() -> None:
     assert r["accuracy"] == pytest.approx(4 / 6)
     assert r["per_class"]["neu"]["precision"] == 0.5 and r["per_class"]["neu"]["recall"] == 1.0
     assert r["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_accuracy_by_agreement_splits_the_test_rows_by_crowd_confidence() -> None:
+    gold = [0, 1, 2, 0, 1]
+    pred = [0, 1, 0, 0, 2]
+    r = accuracy_by_agreement(gold, pred, [1.0, 1.0, 0.6, 0.8, 0.65])
+    assert r == {
+        "1.0 or not given": {"n": 2, "accuracy": 1.0},
+        "0.7 to 1.0": {"n": 1, "accuracy": 1.0},
+        "below 0.7": {"n": 2, "accuracy": 0.0},
+    }
 
 
 def test_entity_report_is_exact_match_per_type() -> None:

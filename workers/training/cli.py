@@ -58,6 +58,8 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
             "class_weight_power": args.class_weight_power,
             "mention_swaps": args.mention_swaps,
             "ner_epochs": args.ner_epochs,
+            "ema": args.ema,
+            "soft_labels": args.soft_labels,
         }.items()
         if v is not None
     }
@@ -86,6 +88,17 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
         summary = {"out": str(dirs[task]), "chosen_step": report["chosen_step"], "test": _headline(report)}
         print(json.dumps(summary))
     return 0
+
+
+def _decay(value: str) -> float:
+    """argparse type for --ema: a moving-average decay in [0, 1)."""
+    try:
+        decay = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 <= decay < 1.0:
+        raise argparse.ArgumentTypeError(f"a decay must be in [0, 1), got {decay}")
+    return decay
 
 
 def _headline(report: dict[str, Any]) -> dict[str, float]:
@@ -262,6 +275,17 @@ def register(subparsers: Any) -> None:
     )
     t.add_argument("--ner-epochs", type=float, help="joint: passes over the NER data (default 6)")
     t.add_argument("--no-reviews", action="store_true", help="sentiment: do not add rotten-tomatoes snippets")
+    t.add_argument(
+        "--soft-labels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sentiment: train towards each tweet's crowd confidence instead of a one-hot label",
+    )
+    t.add_argument(
+        "--ema",
+        type=_decay,
+        help="evaluate and save a moving average of the weights with this decay, e.g. 0.999 (0 = off)",
+    )
     t.add_argument(
         "--calibrate",
         action=argparse.BooleanOptionalAction,

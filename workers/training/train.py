@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import random
 import string
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ class TrainConfig:
     mention_swaps: int = 0  # NER: extra copies of the training sentences with entities swapped by type
     ner_epochs: float = 6  # joint: passes over the NER data, interleaved with `epochs` over sentiment
     ner_batch_size: int = 16  # joint: NER batch size
+    soft_labels: bool = False  # sentiment: target = the crowd's confidence on the label, the rest spread
+    ema: float = 0.0  # decay of a moving average of the weights, evaluated and saved instead; 0 = off
 
 
 # The settings the shipped models were trained with (2-core CPU: one thread each, two runs in parallel).
@@ -192,6 +195,29 @@ def _update(
     optimizer.zero_grad(set_to_none=True)
 
 
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+class WeightAverage(Generic[_M]):
+    """An exponential moving average of a module's weights, kept in a copy of the module.
+
+    The decay ramps up as `(1 + n) / (10 + n)` so the first updates are not dominated by the
+    initial weights; the copy is what gets evaluated and saved. Shared submodules stay shared.
+    """
+
+    def __init__(self, model: _M, decay: float) -> None:
+        self.model: _M = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, new in zip(self.model.parameters(), model.parameters(), strict=True):
+            avg.lerp_(new, 1.0 - decay)
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -225,7 +251,8 @@ class _SentimentData:
     splits: dict[str, list[corpora.TextExample]]
     enc: dict[str, list[list[int]]]
     y: dict[str, np.ndarray]
-    loss_fn: torch.nn.CrossEntropyLoss
+    targets: torch.Tensor  # train rows x labels: what the loss pulls each row's probabilities towards
+    weights: torch.Tensor  # per label
 
     def dev_report(self, model: Any, pad_id: int) -> dict[str, Any]:
         return classification_report(
@@ -238,8 +265,20 @@ class _SentimentData:
         )
 
 
+def soft_targets(labels: np.ndarray, confidence: np.ndarray, n_labels: int) -> np.ndarray:
+    """Each row puts `confidence` on its label and spreads the rest evenly over the other labels."""
+    rest = (1.0 - confidence) / (n_labels - 1)
+    out = np.repeat(rest[:, None], n_labels, axis=1)
+    out[np.arange(len(labels)), labels] = confidence
+    return out.astype(np.float32)
+
+
 def _sentiment_data(tok: PreTrainedTokenizerBase, cfg: TrainConfig) -> _SentimentData:
-    """Splits, token ids and the class-weighted loss (weights = (N / (K * n_c)) ** power)."""
+    """Splits, token ids, training targets and class weights (weights = (N / (K * n_c)) ** power).
+
+    With `soft_labels` a training row's target is its crowd confidence on its label (the corpus has
+    many rows at 0.6: two annotators of three); otherwise every target is one-hot.
+    """
     labels = list(corpora.SENTIMENT_LABELS)
     splits = corpora.sentiment_splits(with_reviews=cfg.with_reviews)
     log.info("sentiment data %s", corpora.describe(splits))
@@ -250,8 +289,11 @@ def _sentiment_data(tok: PreTrainedTokenizerBase, cfg: TrainConfig) -> _Sentimen
     counts = np.bincount(y["train"], minlength=len(labels)).astype(np.float64)
     weights = (counts.sum() / (len(labels) * counts)) ** cfg.class_weight_power
     log.info("class weights %s", dict(zip(labels, weights.round(3).tolist(), strict=True)))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
-    return _SentimentData(labels, splits, enc, y, loss_fn)
+    confidence = np.array([ex.confidence if cfg.soft_labels else 1.0 for ex in splits["train"]])
+    targets = soft_targets(y["train"], confidence, len(labels))
+    return _SentimentData(
+        labels, splits, enc, y, torch.from_numpy(targets), torch.tensor(weights, dtype=torch.float32)
+    )
 
 
 def _sentiment_model(base: Path, labels: list[str]) -> Any:
@@ -266,7 +308,19 @@ def _sentiment_model(base: Path, labels: list[str]) -> Any:
 def _sentiment_loss(model: Any, data: _SentimentData, batch: list[int], pad_id: int) -> torch.Tensor:
     input_ids = _pad([data.enc["train"][i] for i in batch], pad_id)
     logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
-    return data.loss_fn(logits, torch.tensor(data.y["train"][batch]))
+    return weighted_soft_cross_entropy(logits, data.targets[batch], data.weights[data.y["train"][batch]])
+
+
+def weighted_soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy against target distributions, a weighted mean over rows.
+
+    With one-hot targets and `row_weights` = the class weight of each row's label this equals
+    `CrossEntropyLoss(weight=...)`.
+    """
+    per_row = -(targets * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
+    return (per_row * row_weights).sum() / row_weights.sum()
 
 
 def _log_sentiment_dev(step: int, dev: dict[str, Any]) -> None:
@@ -290,6 +344,45 @@ def _forever(lengths: Sequence[int], batch_size: int, rng: random.Random, pool: 
         yield from length_grouped_batches(lengths, batch_size, rng, pool)
 
 
+def _fit(
+    model: Any,
+    cfg: TrainConfig,
+    lengths: Sequence[int],
+    *,
+    pool: int,
+    loss_of: Callable[[list[int]], torch.Tensor],
+    dev_score: Callable[[Any, int], tuple[float, dict[str, Any]]],
+    save: Callable[[Any], None],
+) -> tuple[dict[str, Any], int]:
+    """One task's loop: length-grouped batches, AdamW + linear schedule, dev checks, best saved.
+
+    With `cfg.ema` the weight average is what `dev_score` sees and `save` writes. Returns the best
+    dev check (`score`, `step`, `dev`) and the number of steps.
+    """
+    steps_per_epoch, total = _steps(len(lengths), cfg.batch_size, cfg.epochs)
+    optimizer = _optimizer(model, cfg)
+    scheduler = _schedule(optimizer, total, cfg.warmup)
+    progress = _Progress(total)
+    eval_every = cfg.eval_every or steps_per_epoch
+    batches = _forever(lengths, cfg.batch_size, random.Random(cfg.seed), pool)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    best: dict[str, Any] = {"score": -1.0}
+    for step in range(1, total + 1):
+        model.train()
+        loss = loss_of(next(batches))
+        _update(model, optimizer, scheduler, loss)
+        if average:
+            average.update(model)
+        progress.update(step, loss.item())
+        if step % eval_every == 0 or step == total:
+            chosen = average.model if average else model
+            score, dev = dev_score(chosen, step)
+            if score > best["score"]:
+                best = {"score": score, "step": step, "dev": dev}
+                save(chosen)
+    return best, total
+
+
 def train_sentiment(
     out_dir: Path, cfg: TrainConfig = SENTIMENT_DEFAULTS, base: Path | None = None
 ) -> dict[str, Any]:
@@ -301,26 +394,25 @@ def train_sentiment(
     data = _sentiment_data(tok, cfg)
     model = _sentiment_model(base, data.labels)
     pad_id = tok.pad_token_id
-    lengths = [len(r) for r in data.enc["train"]]
-    steps_per_epoch, total = _steps(len(lengths), cfg.batch_size, cfg.epochs)
-    optimizer = _optimizer(model, cfg)
-    scheduler = _schedule(optimizer, total, cfg.warmup)
-    progress = _Progress(total)
-    eval_every = cfg.eval_every or steps_per_epoch
-    best: dict[str, Any] = {"dev_macro_f1": -1.0}
-    batches = _forever(lengths, cfg.batch_size, random.Random(cfg.seed), pool=50)
-    for step in range(1, total + 1):
-        model.train()
-        loss = _sentiment_loss(model, data, next(batches), pad_id)
-        _update(model, optimizer, scheduler, loss)
-        progress.update(step, loss.item())
-        if step % eval_every == 0 or step == total:
-            dev = data.dev_report(model, pad_id)
-            _log_sentiment_dev(step, dev)
-            if dev["macro_f1"] > best["dev_macro_f1"]:
-                best = {"dev_macro_f1": dev["macro_f1"], "step": step, "dev": dev}
-                model.save_pretrained(str(out_dir))
-                tok.save_pretrained(str(out_dir))
+
+    def dev_score(chosen: Any, step: int) -> tuple[float, dict[str, Any]]:
+        dev = data.dev_report(chosen, pad_id)
+        _log_sentiment_dev(step, dev)
+        return dev["macro_f1"], dev
+
+    def save(chosen: Any) -> None:
+        chosen.save_pretrained(str(out_dir))
+        tok.save_pretrained(str(out_dir))
+
+    best, total = _fit(
+        model,
+        cfg,
+        [len(r) for r in data.enc["train"]],
+        pool=50,
+        loss_of=lambda batch: _sentiment_loss(model, data, batch, pad_id),
+        dev_score=dev_score,
+        save=save,
+    )
     # The test split is read once, with the checkpoint chosen on dev.
     test = data.test_report(AutoModelForSequenceClassification.from_pretrained(str(out_dir)), pad_id)
     log.info("test accuracy=%.4f macro_f1=%.4f", test["accuracy"], test["macro_f1"])
@@ -485,26 +577,25 @@ def train_ner(out_dir: Path, cfg: TrainConfig = NER_DEFAULTS, base: Path | None 
     data = _ner_data(tok, cfg)
     model = _ner_model(base, data.labels)
     pad_id = tok.pad_token_id
-    lengths = [len(r) for r in data.enc["train"][0]]
-    steps_per_epoch, total = _steps(len(lengths), cfg.batch_size, cfg.epochs)
-    optimizer = _optimizer(model, cfg)
-    scheduler = _schedule(optimizer, total, cfg.warmup)
-    progress = _Progress(total)
-    eval_every = cfg.eval_every or steps_per_epoch
-    best: dict[str, Any] = {"dev_f1": -1.0}
-    batches = _forever(lengths, cfg.batch_size, random.Random(cfg.seed), pool=20)
-    for step in range(1, total + 1):
-        model.train()
-        loss = _ner_loss(model, data, next(batches), pad_id)
-        _update(model, optimizer, scheduler, loss)
-        progress.update(step, loss.item())
-        if step % eval_every == 0 or step == total:
-            dev = data.report(model, "dev", pad_id)
-            _log_ner("dev", step, dev)
-            if dev["f1"] > best["dev_f1"]:
-                best = {"dev_f1": dev["f1"], "step": step, "dev": dev}
-                model.save_pretrained(str(out_dir))
-                save_tokenizer(tok, out_dir, verbatim=cfg.case_marks)
+
+    def dev_score(chosen: Any, step: int) -> tuple[float, dict[str, Any]]:
+        dev = data.report(chosen, "dev", pad_id)
+        _log_ner("dev", step, dev)
+        return dev["f1"], dev
+
+    def save(chosen: Any) -> None:
+        chosen.save_pretrained(str(out_dir))
+        save_tokenizer(tok, out_dir, verbatim=cfg.case_marks)
+
+    best, total = _fit(
+        model,
+        cfg,
+        [len(r) for r in data.enc["train"][0]],
+        pool=20,
+        loss_of=lambda batch: _ner_loss(model, data, batch, pad_id),
+        dev_score=dev_score,
+        save=save,
+    )
     test = data.report(AutoModelForTokenClassification.from_pretrained(str(out_dir)), "test", pad_id)
     _log_ner("test", best["step"], test)
     report = {
@@ -567,6 +658,7 @@ def train_joint(out_dir: Path, cfg: TrainConfig = JOINT_DEFAULTS, base: Path | N
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     best: dict[str, Any] = {"score": -1.0}
+    average = WeightAverage(joint, cfg.ema) if cfg.ema else None
     for step in range(1, total + 1):
         joint.train()
         if step * n_ner // total > (step - 1) * n_ner // total:
@@ -574,16 +666,22 @@ def train_joint(out_dir: Path, cfg: TrainConfig = JOINT_DEFAULTS, base: Path | N
         else:
             loss = _sentiment_loss(sentiment, sent_data, next(sent_batches), pad_id)
         _update(joint, optimizer, scheduler, loss)
+        if average:
+            average.update(joint)
         progress.update(step, loss.item())
         if step % (cfg.eval_every or n_sent) == 0 or step == total:
-            sent_dev, ner_dev = sent_data.dev_report(sentiment, pad_id), ner_data.report(ner, "dev", pad_id)
+            chosen = average.model if average else joint
+            chosen_sentiment: Any = chosen["sentiment"]
+            chosen_ner: Any = chosen["ner"]
+            sent_dev = sent_data.dev_report(chosen_sentiment, pad_id)
+            ner_dev = ner_data.report(chosen_ner, "dev", pad_id)
             _log_sentiment_dev(step, sent_dev)
             _log_ner("dev", step, ner_dev)
             score = sent_dev["macro_f1"] + ner_dev["f1"]
             if score > best["score"]:
                 best = {"score": score, "step": step, "sentiment": sent_dev, "ner": ner_dev}
-                sentiment.save_pretrained(str(dirs["sentiment"]))
-                _save_token_head(ner, dirs["ner"])
+                chosen_sentiment.save_pretrained(str(dirs["sentiment"]))
+                _save_token_head(chosen_ner, dirs["ner"])
                 for d in dirs.values():
                     save_tokenizer(tok, d, verbatim=True)
     sent_test = sent_data.test_report(
