@@ -177,6 +177,32 @@ def test_a_looped_replay_continues_with_new_ids_and_later_times(
     assert posts[b"test:3#1"].created_at > posts[b"test:19"].created_at
 
 
+PULSE_INGEST_FILE = [sys.executable, "-m", "pulse.cli", "ingest", "file"]
+
+
+@pytest.mark.parametrize("gap_s", [0.02, 0.1])
+def test_a_sigterm_right_after_ctrl_c_does_not_kill_a_stage_that_is_exiting(
+    settings: Settings, tmp_path: Path, gap_s: float
+) -> None:
+    # Ctrl-C reaches every process of the group and `pulse run` then sends SIGTERM: the second
+    # signal lands while the stage shuts down, after it drained and flushed.
+    path = jsonl(tmp_path / "posts.jsonl", [post(i) for i in range(20)])
+    proc = subprocess.Popen(
+        [*PULSE_INGEST_FILE, str(path), "--loop", "--rate", "200", "--metrics-port", "-1"],
+        env=stage_env(settings),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        read_topic(settings, settings.topics.raw, expect=20, settle=0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap_s)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"stopped" in err
+
+
 def _scrape(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:

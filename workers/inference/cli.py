@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -82,6 +81,7 @@ def _infer(args: argparse.Namespace, settings: Settings) -> int:
 def serve(settings: Settings, sentiment: SentimentModel, entities: EntityModel, watchlist: Watchlist) -> int:
     """Run one worker until SIGTERM/SIGINT (drain, exit 0) or a failure (exit 1), with /metrics."""
     from pulse import metrics
+    from pulse.shutdown import on_stop_signals
     from workers.inference.worker import InferenceWorker
 
     worker = InferenceWorker(settings, sentiment, entities, watchlist)
@@ -90,8 +90,7 @@ def serve(settings: Settings, sentiment: SentimentModel, entities: EntityModel, 
         log.info("stopping: draining in-flight records", extra={"stage": "inference", "signal": signum})
         worker.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    on_stop_signals(on_signal)
     server = metrics.serve(settings.inference.http_host, settings.inference.http_port, worker.healthy)
     log.info(
         "metrics",

@@ -11,6 +11,7 @@ from http.server import ThreadingHTTPServer
 
 from pulse import metrics
 from pulse.settings import Settings
+from pulse.shutdown import on_stop_signals
 from workers.ingest.dedup import RecentIds
 from workers.ingest.language import Py3LangidDetector
 from workers.ingest.mapping import FieldMapping
@@ -82,8 +83,7 @@ def stop_on_signals() -> threading.Event:
         )
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    on_stop_signals(handler)
     return stop
 
 
