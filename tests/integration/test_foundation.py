@@ -109,6 +109,25 @@ def test_cli_up_status_down_starts_and_stops_only_its_own(
     assert services.kafka_ready(services_settings) and services.redis_ready(services_settings)
 
 
+def test_a_failed_kafka_probe_writes_nothing_to_stderr() -> None:
+    # librdkafka's own thread writes to stderr unless the client has a logger. The probe's time-outs
+    # used to reach the CLI that way whenever its socket timer beat list_topics (a load-dependent
+    # race); librdkafka's debug output makes those lines certain, so the test does not race.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        env = {
+            **os.environ,
+            "KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{squatter.getsockname()[1]}",
+            "KAFKA__CLIENT": '{"debug": "broker,protocol"}',
+        }
+        code = "from pulse import services, settings; print(services.kafka_ready(settings.Settings(), 1.0))"
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "False\n", "")
+
+
 def test_a_taken_port_is_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
