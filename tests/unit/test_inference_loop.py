@@ -357,8 +357,10 @@ def test_revocation_drains_and_commits_the_revoked_partitions_and_drops_what_was
             # so partition 1 goes before any of its records started.
             revoked.append(1)
             before = consumer.commits
+            assert worker.owned == {("posts.raw", 0), ("posts.raw", 1)}
             consumer.callbacks["on_revoke"](consumer, [TopicPartition("posts.raw", 1)])
             assert consumer.commits == before + 1
+            assert worker.owned == {("posts.raw", 0)}
             del consumer.queues[1]
         return original(num_messages, timeout)
 

@@ -87,7 +87,12 @@ class _Scored:
 
 
 class InferenceWorker:
-    """One inference process: a member of the consumer group, with its models and threads."""
+    """One inference process: a member of the consumer group, with its models and threads.
+
+    Only the thread in ``run`` touches the consumer. confluent-kafka (2.16) serialises calls on one
+    ``Consumer`` across threads, and a call from another thread waits for a gap between the run
+    loop's ``consume`` calls: it waited 9-90 s here. Other threads read ``owned`` instead.
+    """
 
     def __init__(
         self,
@@ -123,6 +128,7 @@ class InferenceWorker:
         self._inf_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_micro_batches)
         self._out_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_micro_batches)
         self._delivered = 0
+        self._owned: frozenset[TP] = frozenset()
         self._rate_mark = (time.monotonic(), 0)
         self._producer = producer if producer is not None else make_producer(settings, STAGE)
         self._consumer = (
@@ -158,6 +164,11 @@ class InferenceWorker:
     def delivered(self) -> int:
         """Records whose enriched record or dead letter was delivered (this worker, its partitions)."""
         return self._delivered
+
+    @property
+    def owned(self) -> frozenset[TP]:
+        """The (topic, partition) pairs assigned to this worker now; safe to read from any thread."""
+        return self._owned
 
     def healthy(self) -> bool:
         return not self._failed.is_set() and all(t.is_alive() for t in self._threads)
@@ -377,6 +388,7 @@ class InferenceWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._paused and partitions:
             consumer.pause(partitions)
+        self._owned = self._owned | {(p.topic, p.partition) for p in partitions}
         log.info(
             "partitions assigned",
             extra={"stage": STAGE, "partitions": ",".join(str(p.partition) for p in partitions)},
@@ -397,6 +409,7 @@ class InferenceWorker:
         if self._drain(revoked, abandoned):
             self._commit()
         self._ledger.forget(revoked)
+        self._owned = self._owned - gone
         log.info(
             "partitions revoked",
             extra={
@@ -412,6 +425,7 @@ class InferenceWorker:
         self._pending = [m for m in self._pending if _tp(m) not in gone]
         self._waiting[:] = [i for i in self._waiting if i.tp not in gone]
         self._ledger.forget(gone)
+        self._owned = self._owned - gone
         log.warning(
             "partitions lost", extra={"stage": STAGE, "partitions": ",".join(str(p) for _, p in gone)}
         )
