@@ -33,8 +33,8 @@ from pulse import services, topics
 from pulse.settings import Settings, load
 from schemas import Author, RawPost, encode
 from workers.inference.batching import micro_batches
-from workers.inference.loader import load_models
-from workers.inference.protocols import EntityModel, SentimentModel
+from workers.inference.loader import load_model
+from workers.inference.protocols import PostModel
 from workers.inference.watchlist import Watchlist
 from workers.inference.worker import InferenceWorker
 
@@ -113,25 +113,14 @@ def make_posts(n: int, seed: int = 7) -> list[RawPost]:
     return posts
 
 
-def runtime_alone(
-    sentiment: SentimentModel, entities: EntityModel, texts: list[str], batch: int, micro: int
-) -> float:
-    """Posts/s of tokenise + both models over ``texts``, batch by batch, length-sorted micro-batches.
-
-    Two heads of one graph run once per micro-batch, as the worker runs them.
-    """
-    joint_with = getattr(sentiment, "joint_with", None)
-    joint = joint_with(entities) if callable(joint_with) else None
+def runtime_alone(model: PostModel, texts: list[str], batch: int, micro: int) -> float:
+    """Posts/s of tokenise + the post model over ``texts``, batch by batch, length-sorted micro-batches,
+    as the worker runs them."""
     started = time.perf_counter()
     for start in range(0, len(texts), batch):
         chunk = texts[start : start + batch]
         for idx in micro_batches([len(t) for t in chunk], micro):
-            part = [chunk[i] for i in idx]
-            if joint is not None:
-                joint.infer(joint.tokenize(part))
-            else:
-                sentiment.infer(sentiment.tokenize(part))
-                entities.infer(entities.tokenize(part))
+            model.infer(model.tokenize([chunk[i] for i in idx]))
     return len(texts) / (time.perf_counter() - started)
 
 
@@ -150,8 +139,7 @@ def process_cpu_seconds(pid: int | None) -> float:
 
 def worker_rate(
     settings: Settings,
-    sentiment: SentimentModel,
-    entities: EntityModel,
+    model: PostModel,
     posts: list[RawPost],
     cpu: dict[str, float] | None = None,
     broker_pid: int | None = None,
@@ -180,7 +168,7 @@ def worker_rate(
                 producer.poll(0.1)
     assert producer.flush(60) == 0, "could not load the raw topic"
 
-    worker = InferenceWorker(settings, sentiment, entities, Watchlist.load(settings.inference.watchlist))
+    worker = InferenceWorker(settings, model, Watchlist.load(settings.inference.watchlist))
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     first: float | None = None
@@ -228,22 +216,22 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**{**base.model_dump(), **overrides})
         started = services.up(settings) if "local" in overrides else {}
         try:
-            sentiment, entities = load_models(settings.inference)
+            model = load_model(settings.inference)
             posts = make_posts(args.posts)
             texts = [p.text for p in posts]
             cfg = settings.inference
             # Warm-up for both sides: first runs allocate and pick kernels; a first worker also pays
             # for the broker's first topics and the Kafka clients' first connections.
-            runtime_alone(sentiment, entities, texts[:256], cfg.batch_size, cfg.micro_batch)
+            runtime_alone(model, texts[:256], cfg.batch_size, cfg.micro_batch)
             broker_pid = started["kafka"].pid if started.get("kafka") else None
-            worker_rate(settings, sentiment, entities, posts[:256])
+            worker_rate(settings, model, posts[:256])
             alone, worker, alone_cpu, worker_cpu = [], [], [], []
             for _ in range(args.rounds):
                 t0, c0 = time.perf_counter(), time.process_time()
-                alone.append(runtime_alone(sentiment, entities, texts, cfg.batch_size, cfg.micro_batch))
+                alone.append(runtime_alone(model, texts, cfg.batch_size, cfg.micro_batch))
                 alone_cpu.append((time.process_time() - c0) / (time.perf_counter() - t0))
                 used: dict[str, float] = {}
-                worker.append(worker_rate(settings, sentiment, entities, posts, used, broker_pid))
+                worker.append(worker_rate(settings, model, posts, used, broker_pid))
                 worker_cpu.append(used)
         finally:
             if started:
@@ -257,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_chars": round(statistics.mean(len(t) for t in texts), 1),
         "batch_size": cfg.batch_size,
         "micro_batch": cfg.micro_batch,
-        "models": [f"{m.task}:{m.name}@{m.version}" for m in (sentiment.ref, entities.ref)],
+        "models": [f"{m.task}:{m.name}@{m.version}" for m in model.refs],
         "providers": list(cfg.providers),
         "runtime_alone_posts_per_s": [round(x, 1) for x in alone],
         "worker_posts_per_s": [round(x, 1) for x in worker],

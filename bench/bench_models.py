@@ -93,7 +93,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import pipeline
 
-    from workers.inference.onnx_models import OnnxEntityModel, OnnxSentimentModel, SharedEncoderPair
+    from workers.inference.onnx_models import (
+        OnnxEntityModel,
+        OnnxSentimentModel,
+        SeparateHeadsModel,
+        SharedEncoderModel,
+        post_model,
+    )
     from workers.training import data as corpora
 
     torch.set_num_threads(args.threads)
@@ -123,15 +129,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return [{(e["entity_group"], int(e["start"]), int(e["end"])) for e in ents} for ents in out]
 
     models: dict[str, tuple[OnnxSentimentModel, OnnxEntityModel]] = {}
-    joint: dict[str, SharedEncoderPair | None] = {}
+    joint: dict[str, SharedEncoderModel | SeparateHeadsModel] = {}
     for variant, dirs in (("fp32", fp32), ("int8", shipped)):
         sentiment = OnnxSentimentModel(dirs["sentiment"], variant=variant, intra_op_threads=args.threads)
         entities = OnnxEntityModel(
             dirs["ner"], variant=variant, intra_op_threads=args.threads, share_with=sentiment
         )
         models[variant] = (sentiment, entities)
-        joint[variant] = sentiment.joint_with(entities)
-    results["shared_encoder"] = joint["int8"] is not None
+        joint[variant] = post_model(sentiment, entities)
+    results["shared_encoder"] = isinstance(joint["int8"], SharedEncoderModel)
 
     def ours_sentiment(variant: str) -> list[str]:
         return [s.label for s in models[variant][0].predict(texts, batch_size=args.batch)]
@@ -156,10 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return pipe_sentiment(bs), pipe_ner(bs)
 
     def ours_both(variant: str) -> tuple[list[str], list[set[tuple[str, int, int]]]]:
-        pair = joint[variant]
-        if pair is None:
-            return ours_sentiment(variant), ours_ner(variant)
-        sentiments, entities = pair.predict(texts, batch_size=args.batch)
+        sentiments, entities = joint[variant].predict(texts, batch_size=args.batch)
         return [s.label for s in sentiments], [{(e.type, e.start, e.end) for e in ents} for ents in entities]
 
     configs: list[tuple[str, str, Callable[[], Any]]] = []

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pulse.settings import Settings
 from schemas import Author, DeadLetter, EnrichedPost, RawPost, decode, encode
-from workers.inference.loader import ModelLoadError, load_models, model_dirs
+from workers.inference.loader import ModelLoadError, load_model, model_dirs
 from workers.inference.watchlist import Watchlist
 from workers.inference.worker import InferenceWorker
 
@@ -288,9 +288,8 @@ class Running:
     """A worker on a thread of this process (the signal tests use real processes instead)."""
 
     def __init__(self, settings: Settings, model_dir: Path) -> None:
-        sentiment, entities = load_models(settings.inference)
         self.worker = InferenceWorker(
-            settings, sentiment, entities, Watchlist.load(settings.inference.watchlist)
+            settings, load_model(settings.inference), Watchlist.load(settings.inference.watchlist)
         )
         self.rc: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

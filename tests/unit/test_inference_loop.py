@@ -145,43 +145,42 @@ class FakeProducer:
         return len(self.pending)
 
 
-class FakeSentiment:
-    ref = ModelRef(task="sentiment", name="fake", version="1")
+class FakeModel:
+    """A post model: 'bad' texts are negative, 'Acme' is a company; counts its calls per micro-batch."""
+
+    refs = (
+        ModelRef(task="sentiment", name="fake", version="1"),
+        ModelRef(task="ner", name="fake", version="1"),
+    )
 
     def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
         self.delay, self.fail_on = delay, fail_on
         self.batch_lengths: list[list[int]] = []
+        self.tokenised = self.runs = 0
 
     def tokenize(self, texts: Sequence[str]) -> list[str]:
+        self.tokenised += 1
         self.batch_lengths.append([len(t) for t in texts])
         return list(texts)
 
-    def infer(self, encoded: list[str]) -> list[Sentiment]:
+    def infer(self, encoded: list[str]) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
+        self.runs += 1
         time.sleep(self.delay)
         if self.fail_on and any(self.fail_on in t for t in encoded):
             raise RuntimeError("model exploded")
-        return [
+        sentiments = [
             Sentiment(label="negative" if "bad" in t else "neutral", scores={"negative": 0.5, "neutral": 0.5})
             for t in encoded
         ]
-
-
-class FakeEntities:
-    ref = ModelRef(task="ner", name="fake", version="1")
-
-    def tokenize(self, texts: Sequence[str]) -> list[str]:
-        return list(texts)
-
-    def infer(self, encoded: list[str]) -> list[tuple[Entity, ...]]:
-        out: list[tuple[Entity, ...]] = []
+        entities: list[tuple[Entity, ...]] = []
         for text in encoded:
             i = text.find("Acme")
-            out.append(
+            entities.append(
                 ()
                 if i < 0
                 else (Entity(type="company", text="Acme", start=i, end=i + 4, normalized="acme", score=0.9),)
             )
-        return out
+        return sentiments, entities
 
 
 def post_bytes(i: int, text: str = "Acme is bad") -> bytes:
@@ -226,15 +225,14 @@ def run_until(worker: InferenceWorker, done: Callable[[], bool], timeout: float 
 def make(
     records: Mapping[int, Sequence[bytes | None]],
     producer: FakeProducer | None = None,
-    sentiment: FakeSentiment | None = None,
+    model: FakeModel | None = None,
     **inference: Any,
 ) -> tuple[InferenceWorker, FakeConsumer, FakeProducer]:
     consumer = FakeConsumer(records)
     producer = producer if producer is not None else FakeProducer()
     worker = InferenceWorker(
         fake_settings(**inference),
-        sentiment or FakeSentiment(),
-        FakeEntities(),
+        model or FakeModel(),
         Watchlist.from_dict({"brands": ["Acme"]}),
         consumer=consumer,  # type: ignore[arg-type]
         producer=producer,  # type: ignore[arg-type]
@@ -262,11 +260,11 @@ def test_every_record_enriched_once_in_order_of_consumption_and_offsets_stored_t
 
 
 def test_micro_batches_reach_the_model_length_sorted_and_bounded() -> None:
-    sentiment = FakeSentiment()
-    worker, consumer, _ = make({0: [post_bytes(i) for i in range(64)]}, sentiment=sentiment)
+    model = FakeModel()
+    worker, consumer, _ = make({0: [post_bytes(i) for i in range(64)]}, model=model)
     run_until(worker, lambda: consumer.stored == {0: 64})
-    assert all(len(b) <= 4 for b in sentiment.batch_lengths)
-    assert all(b == sorted(b) for b in sentiment.batch_lengths)
+    assert all(len(b) <= 4 for b in model.batch_lengths)
+    assert all(b == sorted(b) for b in model.batch_lengths)
 
 
 def test_a_slow_model_pauses_the_partitions_and_bounds_what_is_in_flight() -> None:
@@ -275,7 +273,7 @@ def test_a_slow_model_pauses_the_partitions_and_bounds_what_is_in_flight() -> No
     worker, consumer, _ = make(
         {0: [post_bytes(i) for i in range(n // 2)], 1: [post_bytes(i + n) for i in range(n // 2)]},
         producer=producer,
-        sentiment=FakeSentiment(delay=0.01),
+        model=FakeModel(delay=0.01),
         queue_batches=1,
         pause_after_ms=0,
         queue_micro_batches=1,
@@ -335,7 +333,7 @@ def test_a_failed_delivery_stops_the_worker_without_storing_past_it() -> None:
 def test_a_model_failure_stops_the_worker_with_exit_code_1() -> None:
     worker, consumer, _ = make(
         {0: [post_bytes(i) for i in range(20)] + [post_bytes(99, "boom")]},
-        sentiment=FakeSentiment(fail_on="boom"),
+        model=FakeModel(fail_on="boom"),
     )
     assert run_until(worker, lambda: False, timeout=3) == 1
     assert consumer.stored.get(0, 0) <= 20
@@ -373,42 +371,12 @@ def test_revocation_drains_and_commits_the_revoked_partitions_and_drops_what_was
     assert 1 not in consumer.stored
 
 
-class FakeSharedHeads:
-    """Both heads in one run, as `SharedEncoderPair` offers them: counts tokenisations and runs."""
-
-    def __init__(self, sentiment: FakeSentiment, entities: FakeEntities) -> None:
-        self.sentiment, self.entities = sentiment, entities
-        self.tokenised = self.runs = 0
-
-    def tokenize(self, texts: Sequence[str]) -> list[str]:
-        self.tokenised += 1
-        return list(texts)
-
-    def infer(self, encoded: list[str]) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
-        self.runs += 1
-        return self.sentiment.infer(encoded), self.entities.infer(encoded)
-
-
-class FakeJointSentiment(FakeSentiment):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pair: FakeSharedHeads | None = None
-
-    def joint_with(self, entities: FakeEntities) -> FakeSharedHeads:
-        self.pair = FakeSharedHeads(FakeSentiment(), entities)
-        return self.pair
-
-    def tokenize(self, texts: Sequence[str]) -> list[str]:
-        raise AssertionError("a shared-encoder pair is tokenised once, by the pair")
-
-
-def test_heads_of_one_encoder_run_once_per_micro_batch() -> None:
-    sentiment = FakeJointSentiment()
-    worker, consumer, producer = make({0: [post_bytes(i) for i in range(40)]}, sentiment=sentiment)
+def test_the_model_is_tokenised_and_run_once_per_micro_batch() -> None:
+    model = FakeModel()
+    worker, consumer, producer = make({0: [post_bytes(i) for i in range(40)]}, model=model)
     assert run_until(worker, lambda: consumer.stored == {0: 40}) == 0
-    pair = sentiment.pair
-    assert pair is not None and worker.joint is pair
-    assert pair.runs == pair.tokenised >= 10  # micro_batch 4: at least 40 / 4 runs, one per micro-batch
+    assert model.runs == model.tokenised >= 10  # micro_batch 4: at least 40 / 4 runs, one per micro-batch
     enriched = [decode(v, EnrichedPost) for _, _, v in producer.delivered]
     assert len(enriched) == 40
     assert all(e.sentiment.label == "negative" and e.entities[0].text == "Acme" for e in enriched)
+    assert all(e.models == FakeModel.refs for e in enriched)

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from workers.inference.onnx_models import OnnxEntityModel, OnnxSentimentModel  # noqa: E402
+from workers.inference.onnx_models import ModelLoadError, OnnxEntityModel, OnnxSentimentModel  # noqa: E402
 from workers.training.export import ExportError, export_joint, export_model, load_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -180,7 +180,7 @@ def _tiny_pair(root: Path, shared: bool = True) -> tuple[Path, Path]:
 
 
 def test_joint_export_runs_both_heads_in_one_pass_as_the_two_checkpoints_do(tmp_path: Path) -> None:
-    from workers.inference.onnx_models import SharedEncoderPair
+    from workers.inference.onnx_models import SeparateHeadsModel, SharedEncoderModel, post_model
 
     seq_dir, tok_dir = _tiny_pair(tmp_path / "hf")
     out = tmp_path / "onnx"
@@ -202,8 +202,8 @@ def test_joint_export_runs_both_heads_in_one_pass_as_the_two_checkpoints_do(tmp_
     sentiment = OnnxSentimentModel(out / "sentiment", variant="fp32", intra_op_threads=1)
     entities = OnnxEntityModel(out / "ner", variant="fp32", intra_op_threads=1, share_with=sentiment)
     assert entities.session is sentiment.session
-    pair = sentiment.joint_with(entities)
-    assert isinstance(pair, SharedEncoderPair)
+    pair = post_model(sentiment, entities)
+    assert isinstance(pair, SharedEncoderModel)
     texts = ["thank you apple", "obama was in paris ! " * 4, "", "a", "🙂"]
     both = pair.predict(texts, batch_size=2)
     assert both == (sentiment.predict(texts), entities.predict(texts))
@@ -216,15 +216,18 @@ def test_joint_export_runs_both_heads_in_one_pass_as_the_two_checkpoints_do(tmp_
     np.testing.assert_allclose(sentiment.probabilities(texts), ref, atol=1e-4)
     # The stage's loader finds the two heads under one directory and opens one session for both.
     from pulse.settings import load
-    from workers.inference.loader import load_models
+    from workers.inference import loader
 
     cfg = load(inference={"model_dir": str(out), "variant": "int8", "intra_op_threads": 1}).inference
-    loaded_sentiment, loaded_entities = load_models(cfg)
-    assert loaded_entities.session is loaded_sentiment.session  # type: ignore[attr-defined]
-    assert loaded_sentiment.joint_with(loaded_entities) is not None  # type: ignore[attr-defined]
-    # Heads of different graphs never pair up.
+    loaded = loader.load_model(cfg)
+    assert isinstance(loaded, SharedEncoderModel)
+    assert loaded.entities.session is loaded.sentiment.session
+    # Heads of different graphs never pair up: they run in turn.
     other = OnnxEntityModel(out / "ner", variant="int8", intra_op_threads=1, share_with=sentiment)
-    assert other.session is not sentiment.session and sentiment.joint_with(other) is None
+    assert other.session is not sentiment.session
+    assert isinstance(post_model(sentiment, other), SeparateHeadsModel)
+    with pytest.raises(ModelLoadError, match="not heads of one graph"):
+        SharedEncoderModel(sentiment, other)
 
 
 def test_joint_export_refuses_checkpoints_with_different_encoders(tmp_path: Path) -> None:
@@ -255,7 +258,7 @@ def test_fp16_tables_give_the_same_lookups_to_fp16_rounding(tmp_path: Path) -> N
     _, out, _ = _export(tmp_path, "ner")
     before = OnnxEntityModel(out, variant="fp32", intra_op_threads=1)
     texts = ["obama thanks apple in paris", "a"]
-    ref = before._run(before._pad(before._encode(texts)))
+    ref = before.run(before.pad(before.encode(texts)))
     shutil.copy(out / "model.onnx", out / "model.fp16tables.onnx")
     # word, position and token-type embeddings: all three tables of the tiny model
     assert fp16_gather_tables(out / "model.fp16tables.onnx", min_elements=1) == 3
@@ -263,7 +266,7 @@ def test_fp16_tables_give_the_same_lookups_to_fp16_rounding(tmp_path: Path) -> N
     meta["files"]["fp32"] = "model.fp16tables.onnx"
     (out / "metadata.json").write_text(json.dumps(meta))
     after = OnnxEntityModel(out, variant="fp32", intra_op_threads=1)
-    np.testing.assert_allclose(after._run(after._pad(after._encode(texts))), ref, atol=5e-3)
+    np.testing.assert_allclose(after.run(after.pad(after.encode(texts))), ref, atol=5e-3)
 
 
 def test_fp32_node_patterns_that_match_nothing_are_an_error(tmp_path: Path) -> None:

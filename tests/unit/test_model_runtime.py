@@ -23,8 +23,8 @@ from workers.inference.onnx_models import (
     normalise_entity,
     resolve_providers,
     softmax,
-    word_spans,
 )
+from workers.inference.wordpieces import word_spans
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from schemas import Entity, Sentiment
-from workers.inference.onnx_models import OnnxEntityModel, OnnxSentimentModel
+from workers.inference.onnx_models import OnnxEntityModel, OnnxSentimentModel, SharedEncoderModel, post_model
 from workers.inference.protocols import EntityModel, SentimentModel
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -107,8 +107,8 @@ def test_card_hashes_match_the_shipped_files() -> None:
 def test_shipped_heads_share_one_graph_and_run_as_one(sentiment: OnnxSentimentModel) -> None:
     entities = OnnxEntityModel(MODELS / "ner", intra_op_threads=1, share_with=sentiment)
     assert entities.session is sentiment.session
-    pair = sentiment.joint_with(entities)
-    assert pair is not None
+    pair = post_model(sentiment, entities)
+    assert isinstance(pair, SharedEncoderModel)
     texts = [ANGRY, THANKS, "Just watched Barack Obama talk about Google on TV", *AWKWARD]
     sentiments, found = pair.predict(texts)
     assert [s.label for s in sentiments[:2]] == ["negative", "positive"]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pulse.settings import Settings
-    from workers.inference.protocols import EntityModel, SentimentModel
+    from workers.inference.protocols import PostModel
     from workers.inference.watchlist import Watchlist
 
 log = logging.getLogger("pulse.inference")
@@ -65,26 +65,26 @@ def with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def _infer(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.inference.loader import ModelLoadError, load_models
+    from workers.inference.loader import ModelLoadError, load_model
     from workers.inference.watchlist import Watchlist, WatchlistError
 
     settings = with_overrides(settings, args)
     try:
         watchlist = Watchlist.load(settings.inference.watchlist)
-        sentiment, entities = load_models(settings.inference)
+        model = load_model(settings.inference)
     except (WatchlistError, ModelLoadError) as exc:
         print(f"pulse infer: error: {exc}", file=sys.stderr)
         return 2
-    return serve(settings, sentiment, entities, watchlist)
+    return serve(settings, model, watchlist)
 
 
-def serve(settings: Settings, sentiment: SentimentModel, entities: EntityModel, watchlist: Watchlist) -> int:
+def serve(settings: Settings, model: PostModel, watchlist: Watchlist) -> int:
     """Run one worker until SIGTERM/SIGINT (drain, exit 0) or a failure (exit 1), with /metrics."""
     from pulse import metrics
     from pulse.shutdown import on_stop_signals
     from workers.inference.worker import InferenceWorker
 
-    worker = InferenceWorker(settings, sentiment, entities, watchlist)
+    worker = InferenceWorker(settings, model, watchlist)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("stopping: draining in-flight records", extra={"stage": "inference", "signal": signum})

@@ -2,8 +2,9 @@
 
 The ONNX Runtime classes (``OnnxSentimentModel``, ``OnnxEntityModel``) own their sessions and read
 everything else from each model directory's ``metadata.json``; this module only decides which
-directories to open, with which providers and device, and turns their load errors into one. When
-both directories name the same graph (one encoder with two heads), the two models share a session.
+directories to open, with which providers and device, and turns their load errors into one. It
+returns one ``PostModel``: when both directories name the same graph (one encoder with two heads)
+the heads share a session and run as one, otherwise they run in turn.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pulse.settings import InferenceSettings
-from workers.inference.protocols import EntityModel, SentimentModel
+from workers.inference.protocols import PostModel
 
 
 class ModelLoadError(RuntimeError):
@@ -52,8 +53,8 @@ def model_dirs(model_dir: Path) -> dict[str, Path]:
     return out
 
 
-def load_models(cfg: InferenceSettings) -> tuple[SentimentModel, EntityModel]:
-    """Open both models with the configured providers; fail fast when a required GPU is missing."""
+def load_model(cfg: InferenceSettings) -> PostModel:
+    """Open both heads with the configured providers; fail fast when a required GPU is missing."""
     from workers.inference import onnx_models as runtime
 
     dirs = model_dirs(cfg.model_dir)
@@ -71,4 +72,4 @@ def load_models(cfg: InferenceSettings) -> tuple[SentimentModel, EntityModel]:
         entities = runtime.OnnxEntityModel(dirs["ner"], share_with=sentiment, **options)
     except (runtime.ModelLoadError, runtime.GpuUnavailableError) as exc:
         raise ModelLoadError(str(exc)) from None
-    return sentiment, entities
+    return runtime.post_model(sentiment, entities)

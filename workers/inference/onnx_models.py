@@ -21,7 +21,9 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from schemas import Entity, ModelRef, Sentiment
+from workers.inference.batching import micro_batches
 from workers.inference.bio import tag_spans
+from workers.inference.wordpieces import word_spans
 
 log = logging.getLogger("pulse.inference.models")
 
@@ -126,39 +128,6 @@ def normalise_entity(text: str) -> str:
     return stripped or folded
 
 
-def is_continuation(token: str, is_unknown: bool, prefix: str | None) -> bool:
-    """Whether a sub-word continues the word before it (WordPiece's "##"); an unknown token never does."""
-    return bool(prefix) and not is_unknown and token.startswith(prefix or "")
-
-
-def word_spans(
-    text: str, enc: Encoding, prefix: str | None, unk_id: int | None
-) -> tuple[tuple[int, int, int], ...]:
-    """Words of an encoded text as transformers' token-classification pipeline draws them.
-
-    A word starts at every token that is not a continuation sub-word, so a tag read at a word's
-    first token means the same here as in `pipeline(..., aggregation_strategy="first")`. Returns
-    (first token position, start, end) with character offsets into `text`. Tokenizers without a
-    continuation prefix (byte-level BPE) start a word at a token preceded by a space, as the
-    pipeline's fallback does.
-    """
-    words: list[list[int]] = []
-    for pos, (tok, tid, (start, end), special) in enumerate(
-        zip(enc.tokens, enc.ids, enc.offsets, enc.special_tokens_mask, strict=True)
-    ):
-        if special:
-            continue
-        if prefix:
-            cont = is_continuation(tok, tid == unk_id, prefix)
-        else:
-            cont = start > 0 and " " not in text[start - 1 : start + 1]
-        if cont and words:
-            words[-1][2] = end
-        else:
-            words.append([pos, start, end])
-    return tuple((p, s, e) for p, s, e in words)
-
-
 @dataclass(frozen=True)
 class EncodedBatch:
     """A tokenised, padded micro-batch; opaque to the stage, handed back to `infer`."""
@@ -238,7 +207,7 @@ class _OnnxModel:
         )
         if warmup:
             # First runs allocate and pick kernels; pay that at start, not on the first real batch.
-            self._run(self._pad(self._encode(["warm-up", "a longer warm-up text " * 12])))
+            self.run(self.pad(self.encode(["warm-up", "a longer warm-up text " * 12])))
 
     @staticmethod
     def _open(
@@ -268,10 +237,12 @@ class _OnnxModel:
     def labels(self) -> tuple[str, ...]:
         return self.meta.labels
 
-    def _encode(self, texts: Sequence[str]) -> list[Encoding]:
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        """Token encodings of texts (anything that is not a string reads as the empty text)."""
         return self.tokenizer.encode_batch([t if isinstance(t, str) else "" for t in texts])
 
-    def _pad(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+    def pad(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+        """The session's feeds for encodings, padded to the longest."""
         width = max((len(e.ids) for e in encodings), default=1)
         n = len(encodings)
         ids = np.full((n, width), self.meta.pad_token_id, dtype=np.int64)
@@ -285,15 +256,19 @@ class _OnnxModel:
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: feeds[name] for name in self._input_names}
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """This head's logits for padded feeds."""
         if not next(iter(feeds.values())).shape[0]:
             return np.zeros((0, 0, len(self.labels)), dtype=np.float32)
         return self.session.run(self._outputs, feeds)[0].astype(np.float32, copy=False)
 
-    def _length_sorted(self, lengths: Sequence[int], batch_size: int | None) -> list[list[int]]:
-        size = batch_size or self.batch_size
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        return [order[i : i + size] for i in range(0, len(order), size)]
+    @property
+    def output(self) -> str | None:
+        """The graph output this head reads (None: the graph's only output)."""
+        return self.meta.output
+
+    def sorted_batches(self, encodings: Sequence[Encoding], batch_size: int | None) -> list[list[int]]:
+        return micro_batches([len(e.ids) for e in encodings], batch_size or self.batch_size)
 
 
 class OnnxSentimentModel(_OnnxModel):
@@ -302,27 +277,23 @@ class OnnxSentimentModel(_OnnxModel):
     task = "sentiment"
 
     def tokenize(self, texts: Sequence[str]) -> EncodedBatch:
-        return EncodedBatch(self._pad(self._encode(texts)), tuple(texts))
+        return EncodedBatch(self.pad(self.encode(texts)), tuple(texts))
 
     def infer(self, encoded: EncodedBatch) -> list[Sentiment]:
         if not len(encoded):
             return []
-        return self.decode(encoded, self._run(encoded.feeds))
+        return self.decode(encoded, self.run(encoded.feeds))
 
     def decode(self, encoded: EncodedBatch, logits: np.ndarray) -> list[Sentiment]:
         """Sentiments from this head's [n, labels] logits for `encoded`."""
         return [self._sentiment(row) for row in softmax(logits.astype(np.float32, copy=False))]
 
-    def joint_with(self, entities: Any) -> SharedEncoderPair | None:
-        """Both heads in one pass when `entities` reads another output of this model's graph."""
-        return SharedEncoderPair.of(self, entities)
-
     def probabilities(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """[n, labels] probabilities, computed in length-sorted batches, returned in input order."""
-        encodings = self._encode(texts)
+        encodings = self.encode(texts)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for idx in self._length_sorted([len(e.ids) for e in encodings], batch_size):
-            out[idx] = softmax(self._run(self._pad([encodings[i] for i in idx])))
+        for idx in self.sorted_batches(encodings, batch_size):
+            out[idx] = softmax(self.run(self.pad([encodings[i] for i in idx])))
         return out
 
     def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[Sentiment]:
@@ -347,23 +318,21 @@ class OnnxEntityModel(_OnnxModel):
         unk = getattr(self.tokenizer.model, "unk_token", None)
         self._unk_id = self.tokenizer.token_to_id(unk) if unk else None
 
-    def _encode_words(self, words: Sequence[Sequence[str]]) -> list[Encoding]:
-        return self.tokenizer.encode_batch([list(w) for w in words], is_pretokenized=True)
-
     def tokenize(self, texts: Sequence[str]) -> EncodedBatch:
         texts = [t if isinstance(t, str) else "" for t in texts]
-        return self._batch(texts, self._encode(texts))
+        return self.batch(texts, self.encode(texts))
 
-    def _batch(self, texts: Sequence[str], encodings: Sequence[Encoding]) -> EncodedBatch:
+    def batch(self, texts: Sequence[str], encodings: Sequence[Encoding]) -> EncodedBatch:
+        """A micro-batch of already encoded texts, with the word positions entity decoding reads."""
         words = tuple(
             word_spans(t, e, self._prefix, self._unk_id) for t, e in zip(texts, encodings, strict=True)
         )
-        return EncodedBatch(self._pad(encodings), tuple(texts), words)
+        return EncodedBatch(self.pad(encodings), tuple(texts), words)
 
     def infer(self, encoded: EncodedBatch) -> list[tuple[Entity, ...]]:
         if not len(encoded):
             return []
-        return self.decode(encoded, self._run(encoded.feeds))
+        return self.decode(encoded, self.run(encoded.feeds))
 
     def decode(self, encoded: EncodedBatch, logits: np.ndarray) -> list[tuple[Entity, ...]]:
         """Entities from this head's [n, tokens, labels] logits for `encoded`."""
@@ -376,20 +345,20 @@ class OnnxEntityModel(_OnnxModel):
     def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[tuple[Entity, ...]]:
         """Entities per text, computed in length-sorted batches, returned in input order."""
         texts = [t if isinstance(t, str) else "" for t in texts]
-        encodings = self._encode(texts)  # once: the lengths for sorting and the batches themselves
+        encodings = self.encode(texts)  # once: the lengths for sorting and the batches themselves
         out: list[tuple[Entity, ...]] = [()] * len(texts)
-        for idx in self._length_sorted([len(e.ids) for e in encodings], batch_size):
-            batch = self._batch([texts[i] for i in idx], [encodings[i] for i in idx])
+        for idx in self.sorted_batches(encodings, batch_size):
+            batch = self.batch([texts[i] for i in idx], [encodings[i] for i in idx])
             for i, ents in zip(idx, self.infer(batch), strict=True):
                 out[i] = ents
         return out
 
     def tag_words(self, sentences: Sequence[Sequence[str]], batch_size: int | None = None) -> list[list[str]]:
         """BIO tag per given word (first sub-word decides; words cut by truncation are `O`)."""
-        encodings = self._encode_words(sentences)
+        encodings = self.tokenizer.encode_batch([list(w) for w in sentences], is_pretokenized=True)
         out: list[list[str]] = [["O"] * len(s) for s in sentences]
-        for idx in self._length_sorted([len(e.ids) for e in encodings], batch_size):
-            logits = self._run(self._pad([encodings[i] for i in idx]))
+        for idx in self.sorted_batches(encodings, batch_size):
+            logits = self.run(self.pad([encodings[i] for i in idx]))
             for row, i in enumerate(idx):
                 for w, scores in _first_subwords(encodings[i].word_ids, logits[row]):
                     out[i][w] = self.labels[int(scores.argmax())]
@@ -421,29 +390,33 @@ class OnnxEntityModel(_OnnxModel):
         return tuple(entities)
 
 
-class SharedEncoderPair:
+def shares_graph(sentiment: OnnxSentimentModel, entities: OnnxEntityModel) -> bool:
+    """Whether both heads are outputs of one graph, read through one session with one tokenizer."""
+    return (
+        sentiment.session is entities.session
+        and sentiment.output is not None
+        and entities.output is not None
+        and sentiment.tokenizer_path == entities.tokenizer_path
+        and sentiment.meta.max_length == entities.meta.max_length
+    )
+
+
+class SharedEncoderModel:
     """Sentiment and entity heads of one graph (`pulse models export-joint`), run as one.
 
     Both heads read the same encoder pass, so a micro-batch is tokenised once and the session runs
-    once for both outputs: half the work of two models. `of` returns None for any other pair.
+    once for both outputs: half the work of two models.
     """
 
     def __init__(self, sentiment: OnnxSentimentModel, entities: OnnxEntityModel) -> None:
+        if not shares_graph(sentiment, entities):
+            raise ModelLoadError(
+                f"{sentiment.model_dir} and {entities.model_dir} are not heads of one graph "
+                "(use SeparateHeadsModel)"
+            )
         self.sentiment, self.entities = sentiment, entities
-        self._outputs = [str(sentiment.meta.output), str(entities.meta.output)]
-
-    @classmethod
-    def of(cls, sentiment: Any, entities: Any) -> SharedEncoderPair | None:
-        if not isinstance(sentiment, OnnxSentimentModel) or not isinstance(entities, OnnxEntityModel):
-            return None
-        same = (
-            sentiment.session is entities.session
-            and sentiment.meta.output is not None
-            and entities.meta.output is not None
-            and sentiment.tokenizer_path == entities.tokenizer_path
-            and sentiment.meta.max_length == entities.meta.max_length
-        )
-        return cls(sentiment, entities) if same else None
+        self.refs = (sentiment.ref, entities.ref)
+        self._outputs = [str(sentiment.output), str(entities.output)]
 
     def tokenize(self, texts: Sequence[str]) -> EncodedBatch:
         return self.entities.tokenize(texts)
@@ -457,16 +430,45 @@ class SharedEncoderPair:
     def predict(
         self, texts: Sequence[str], batch_size: int | None = None
     ) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
-        """Both results per text, computed in length-sorted batches, returned in input order."""
+        """Both results per text, in token-length-sorted batches, in input order (benchmarks, evaluation)."""
         texts = [t if isinstance(t, str) else "" for t in texts]
-        encodings = self.entities._encode(texts)
+        encodings = self.entities.encode(texts)
         sentiments: list[Sentiment | None] = [None] * len(texts)
         entities: list[tuple[Entity, ...]] = [()] * len(texts)
-        for idx in self.entities._length_sorted([len(e.ids) for e in encodings], batch_size):
-            batch = self.entities._batch([texts[i] for i in idx], [encodings[i] for i in idx])
+        for idx in self.entities.sorted_batches(encodings, batch_size):
+            batch = self.entities.batch([texts[i] for i in idx], [encodings[i] for i in idx])
             for i, sent, ents in zip(idx, *self.infer(batch), strict=True):
                 sentiments[i], entities[i] = sent, ents
         return [s for s in sentiments if s is not None], entities
+
+
+class SeparateHeadsModel:
+    """A sentiment model and an entity model of their own (e.g. two exported checkpoints), run in turn."""
+
+    def __init__(self, sentiment: OnnxSentimentModel, entities: OnnxEntityModel) -> None:
+        self.sentiment, self.entities = sentiment, entities
+        self.refs = (sentiment.ref, entities.ref)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[Any, Any]:
+        return self.sentiment.tokenize(texts), self.entities.tokenize(texts)
+
+    def infer(self, encoded: tuple[Any, Any]) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
+        for_sentiment, for_entities = encoded
+        return self.sentiment.infer(for_sentiment), self.entities.infer(for_entities)
+
+    def predict(
+        self, texts: Sequence[str], batch_size: int | None = None
+    ) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
+        return self.sentiment.predict(texts, batch_size), self.entities.predict(texts, batch_size)
+
+
+def post_model(
+    sentiment: OnnxSentimentModel, entities: OnnxEntityModel
+) -> SharedEncoderModel | SeparateHeadsModel:
+    """The one object the stage runs: both heads in one pass when they share a graph, else in turn."""
+    if shares_graph(sentiment, entities):
+        return SharedEncoderModel(sentiment, entities)
+    return SeparateHeadsModel(sentiment, entities)
 
 
 def _first_subwords(word_ids: Sequence[int | None], rows: np.ndarray) -> list[tuple[int, np.ndarray]]:

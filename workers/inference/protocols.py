@@ -1,4 +1,4 @@
-"""The seams between the inference stage and its models: what a sentiment or entity model must offer.
+"""The seams between the inference stage and its models: a post model, and the two heads it may be made of.
 
 The stage owns batching and threads; a model owns its session. Tokenising and running the model are
 two calls so that the stage can tokenise the next micro-batch on one thread while the current one
@@ -48,12 +48,22 @@ class EntityModel(Protocol):
 
 @runtime_checkable
 class PostModel(Protocol):
-    """Sentiment and entities of texts from one tokenisation and one run (a shared-encoder model).
+    """What the stage runs: the sentiment and the entities of a micro-batch of posts.
 
-    A sentiment model offers one through ``joint_with(entities)`` when both heads are outputs of
-    one graph; the stage then runs that instead of the two models one after the other.
+    One object whatever the models' shape: two heads of one graph (``SharedEncoderModel``: one
+    tokenisation, one session run) or two models of their own (``SeparateHeadsModel``: each head
+    tokenises and runs in turn). The loader decides which; the worker has one path.
     """
 
-    def tokenize(self, texts: Sequence[str]) -> Any: ...
+    @property
+    def refs(self) -> tuple[ModelRef, ...]:
+        """The models behind it (task, name, version), stamped on every record it enriches."""
+        ...
 
-    def infer(self, encoded: Any) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]: ...
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """Encode one micro-batch (CPU only, no session call); the result goes to ``infer``."""
+        ...
+
+    def infer(self, encoded: Any) -> tuple[list[Sentiment], list[tuple[Entity, ...]]]:
+        """The sentiment and the entities of each text, in order, entity offsets into that text."""
+        ...

@@ -4,9 +4,8 @@ Four threads, each owning one step, joined by bounded queues so memory stays bou
 
     main      consume, decode, dead-letter poison, batch (``batch_size`` or ``max_wait_ms``),
               store offsets of delivered records, pause partitions while the tokeniser is behind
-    tokenise  length-sorted micro-batches, tokenised for both models (overlaps the model run)
-    infer     one sentiment and one entity session run per micro-batch (one run for both when
-              the two heads share an encoder: ``joint_with``)
+    tokenise  length-sorted micro-batches, tokenised for the post model (overlaps the model run)
+    infer     the post model's run per micro-batch: sentiment and entities together
     produce   watchlist matches, ``EnrichedPost``, produce (delivery reports come back to main)
 
 Only the main thread touches the consumer and the offset ledger. A record's offset becomes storable
@@ -42,7 +41,7 @@ from schemas import DecodeError, Entity, ModelRef, RawPost, Sentiment, encode
 from workers.inference.batching import OffsetLedger, micro_batches
 from workers.inference.batching import TopicPartition as TP
 from workers.inference.enrich import STAGE, decode_post, enrich
-from workers.inference.protocols import EntityModel, PostModel, SentimentModel
+from workers.inference.protocols import PostModel
 from workers.inference.watchlist import Watchlist
 
 log = logging.getLogger("pulse.inference")
@@ -75,8 +74,7 @@ class _Item:
 @dataclass(slots=True)
 class _Micro:
     items: list[_Item]
-    sentiment_in: Any
-    entities_in: Any
+    encoded: Any
 
 
 @dataclass(slots=True)
@@ -97,8 +95,7 @@ class InferenceWorker:
     def __init__(
         self,
         settings: Settings,
-        sentiment: SentimentModel,
-        entities: EntityModel,
+        model: PostModel,
         watchlist: Watchlist,
         *,
         consumer: Consumer | None = None,
@@ -107,13 +104,9 @@ class InferenceWorker:
     ) -> None:
         self.settings = settings
         self.cfg = settings.inference
-        self.sentiment = sentiment
-        self.entities = entities
+        self.model = model
         self.watchlist = watchlist
-        self.models: tuple[ModelRef, ...] = (sentiment.ref, entities.ref)
-        joint_with = getattr(sentiment, "joint_with", None)
-        # One tokenisation and one session run per micro-batch when both heads share an encoder.
-        self.joint: PostModel | None = joint_with(entities) if callable(joint_with) else None
+        self.models: tuple[ModelRef, ...] = tuple(model.refs)
         self.clock = clock
         self.stopping = threading.Event()
         self._failure: BaseException | None = None
@@ -464,10 +457,7 @@ class InferenceWorker:
                 micro = [items[i] for i in idx]
                 texts = [item.post.text for item in micro]
                 started = time.perf_counter()
-                if self.joint is not None:
-                    encoded = _Micro(micro, self.joint.tokenize(texts), None)
-                else:
-                    encoded = _Micro(micro, self.sentiment.tokenize(texts), self.entities.tokenize(texts))
+                encoded = _Micro(micro, self.model.tokenize(texts))
                 metrics.LATENCY.labels(STAGE, "tokenise").observe(time.perf_counter() - started)
                 self._inf_q.put(encoded)
                 metrics.QUEUE_DEPTH.labels(STAGE, "infer").set(self._inf_q.qsize())
@@ -475,11 +465,7 @@ class InferenceWorker:
     def _infer_loop(self) -> None:
         while (micro := self._inf_q.get()) is not _STOP:
             started = time.perf_counter()
-            if self.joint is not None:
-                sentiments, entities = self.joint.infer(micro.sentiment_in)
-            else:
-                sentiments = self.sentiment.infer(micro.sentiment_in)
-                entities = self.entities.infer(micro.entities_in)
+            sentiments, entities = self.model.infer(micro.encoded)
             metrics.LATENCY.labels(STAGE, "infer").observe(time.perf_counter() - started)
             if len(sentiments) != len(micro.items) or len(entities) != len(micro.items):
                 raise WorkerFailed(

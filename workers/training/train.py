@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from workers.inference.onnx_models import is_continuation
+from workers.inference.wordpieces import is_continuation
 from workers.training import data as corpora
 from workers.training.metrics import classification_report, entity_report
 
