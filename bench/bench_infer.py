@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from pulse import services, topics
+from pulse import kafka, services, topics
 from pulse.settings import Settings, load
 from schemas import Author, RawPost, encode
 from workers.inference.batching import micro_batches
@@ -160,12 +160,7 @@ def worker_rate(
     topics.provision(settings)
     producer = Producer(settings.kafka.config(**{"linger.ms": 20, "compression.type": "lz4"}))
     for post in posts:
-        while True:
-            try:
-                producer.produce(settings.topics.raw, key=post.id.encode(), value=encode(post))
-                break
-            except BufferError:
-                producer.poll(0.1)
+        kafka.produce(producer, settings.topics.raw, encode(post), post.id.encode())
     assert producer.flush(60) == 0, "could not load the raw topic"
 
     worker = InferenceWorker(settings, model, Watchlist.load(settings.inference.watchlist))

@@ -17,6 +17,49 @@ from schemas import DeadLetter, encode
 
 log = logging.getLogger(__name__)
 
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+class QueueFullTimeout(BufferError):
+    """The producer's local queue stayed full for longer than the caller would wait."""
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    key: bytes | str | None = None,
+    *,
+    on_delivery: DeliveryCallback | None = None,
+    timeout_s: float | None = None,
+    while_full: Callable[[], None] | None = None,
+    poll_s: float = 0.05,
+) -> float:
+    """Produce one record; while librdkafka's local queue is full, serve delivery reports and retry.
+
+    Backpressure, never a drop: the caller blocks until there is room, for at most ``timeout_s``
+    (None: as long as it takes; the queue always drains, by deliveries or by their failures after
+    ``message.timeout.ms``), then ``QueueFullTimeout``. ``while_full`` runs after each wait (a place
+    to raise the failure a delivery report recorded). Returns the seconds it waited (0.0: room at once).
+    """
+    began: float | None = None
+    while True:
+        try:
+            if on_delivery is None:
+                producer.produce(topic, value, key)
+            else:
+                producer.produce(topic, value, key, on_delivery=on_delivery)
+            return 0.0 if began is None else time.monotonic() - began
+        except BufferError:
+            now = time.monotonic()
+            if began is None:
+                began = now
+            elif timeout_s is not None and now - began >= timeout_s:
+                raise QueueFullTimeout(f"producer queue for {topic} full for {timeout_s:g} s") from None
+            producer.poll(poll_s)
+            if while_full is not None:
+                while_full()
+
 
 def producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
     """An idempotent, compressing producer; ``overrides`` are librdkafka options."""
@@ -122,11 +165,14 @@ def publish_dead_letter(
     producer: Producer,
     topic: str,
     letter: DeadLetter,
-    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    on_delivery: DeliveryCallback | None = None,
+    *,
+    while_full: Callable[[], None] | None = None,
 ) -> None:
     """Produce a dead letter (key: the original key) and count it; delivery reported to ``on_delivery``.
 
-    Logged as a warning, at most 10 per 10 s (``DEAD_LETTER_LOG``); the metric counts every one.
+    Waits (``produce``) while the producer queue is full. Logged as a warning, at most 10 per 10 s
+    (``DEAD_LETTER_LOG``); the metric counts every one.
     """
     metrics.DEAD_LETTERS.labels(letter.stage, letter.reason).inc()
     logged, left_out = DEAD_LETTER_LOG.allow()
@@ -143,7 +189,4 @@ def publish_dead_letter(
                 **({"not_logged_before": left_out} if left_out else {}),
             },
         )
-    if on_delivery is None:
-        producer.produce(topic, key=letter.key, value=encode(letter))
-    else:
-        producer.produce(topic, key=letter.key, value=encode(letter), on_delivery=on_delivery)
+    produce(producer, topic, encode(letter), letter.key, on_delivery=on_delivery, while_full=while_full)

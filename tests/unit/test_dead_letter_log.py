@@ -22,7 +22,7 @@ class RecordingProducer:
     def __init__(self) -> None:
         self.produced: list[tuple[str, bytes | None, bytes]] = []
 
-    def produce(self, topic: str, key: bytes | None = None, value: bytes = b"", **_: Any) -> None:
+    def produce(self, topic: str, value: bytes = b"", key: bytes | None = None, **_: Any) -> None:
         self.produced.append((topic, key, value))
 
 

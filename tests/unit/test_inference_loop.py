@@ -117,8 +117,8 @@ class FakeProducer:
     def produce(
         self,
         topic: str,
-        key: bytes | None = None,
         value: bytes = b"",
+        key: bytes | None = None,
         on_delivery: Callable[..., None] | None = None,
     ) -> None:
         assert on_delivery is not None, "every record needs a delivery report: offsets depend on it"

@@ -34,7 +34,7 @@ from prometheus_client import Gauge
 
 from pulse import metrics
 from pulse.kafka import consumer as make_consumer
-from pulse.kafka import dead_letter, publish_dead_letter
+from pulse.kafka import dead_letter, produce, publish_dead_letter
 from pulse.kafka import producer as make_producer
 from pulse.settings import Settings
 from schemas import DecodeError, Entity, ModelRef, RawPost, Sentiment, encode
@@ -293,12 +293,7 @@ class InferenceWorker:
         letter = dead_letter(STAGE, reason, error, msg.value() or b"", message=msg)
         tp, offset = _tp(msg), _offset(msg)
         callback = functools.partial(self._on_delivery, tp, offset)
-        while True:
-            try:
-                publish_dead_letter(self._producer, self.settings.topics.dlq, letter, on_delivery=callback)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
+        publish_dead_letter(self._producer, self.settings.topics.dlq, letter, on_delivery=callback)
         metrics.MESSAGES.labels(STAGE, "dead_letter").inc()
 
     def _account(self) -> None:
@@ -485,12 +480,7 @@ class InferenceWorker:
                 )
                 value = encode(record)
                 callback = functools.partial(self._on_delivery, item.tp, item.offset)
-                while True:
-                    try:
-                        self._producer.produce(topic, key=item.key, value=value, on_delivery=callback)
-                        break
-                    except BufferError:  # librdkafka's queue is full: wait for deliveries
-                        self._producer.poll(0.05)
+                produce(self._producer, topic, value, item.key, on_delivery=callback)
             metrics.LATENCY.labels(STAGE, "produce").observe(time.perf_counter() - started)
             metrics.MESSAGES.labels(STAGE, "enriched").inc(len(scored.items))
 

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -17,7 +17,7 @@ from workers.ingest.pipeline import STAGE, Post
 
 log = logging.getLogger(__name__)
 
-DeliveryCallback = Callable[[KafkaError | None, Message], None]
+DeliveryCallback = kafka.DeliveryCallback
 
 # Broker answers that condemn one record rather than the connection: dead-letter it, keep going.
 _RECORD_ERRORS = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD}
@@ -133,22 +133,11 @@ class Publisher:
         key: bytes | None,
         value: bytes,
         on_delivery: DeliveryCallback | None = None,
-        stop: threading.Event | None = None,
     ) -> None:
         """Produce one record, waiting while the local queue is full (backpressure, never a drop)."""
-        producer = self.producer
-        while True:
-            try:
-                if on_delivery is None:
-                    producer.produce(topic, value, key)
-                else:
-                    producer.produce(topic, value, key, on_delivery=on_delivery)
-                return
-            except BufferError:
-                started = time.perf_counter()
-                producer.poll(0.05)
-                self.blocked_s += time.perf_counter() - started
-                self.check()
+        self.blocked_s += kafka.produce(
+            self.producer, topic, value, key, on_delivery=on_delivery, while_full=self.check
+        )
 
     def publish(self, key: bytes | str, value: bytes, on_delivery: DeliveryCallback | None = None) -> None:
         """Produce a post to the raw topic; ``on_delivery`` (if any) hears its own acknowledgement."""
@@ -217,13 +206,7 @@ class Publisher:
 
     def dead_letter(self, letter: DeadLetter, on_delivery: DeliveryCallback | None = None) -> None:
         self.dead_lettered += 1
-        while True:
-            try:
-                kafka.publish_dead_letter(self.producer, self.dlq, letter, on_delivery)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-                self.check()
+        kafka.publish_dead_letter(self.producer, self.dlq, letter, on_delivery, while_full=self.check)
 
     def poll(self, timeout: float = 0) -> None:
         """Serve delivery reports and export counters; call it often (a few times per batch)."""

@@ -10,6 +10,7 @@ acknowledge in time (nothing of the request is counted as seen, so a retry is no
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import signal
@@ -21,6 +22,7 @@ from aiohttp import web
 from confluent_kafka import KafkaError, Message
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pulse import kafka
 from pulse.settings import Settings
 from workers.ingest.mapping import FieldMapping
 from workers.ingest.pipeline import STAGE, Batch, Item, Pipeline
@@ -118,7 +120,7 @@ class HttpSource:
         count("duplicate", duplicates)
         try:
             await self._publish(fresh)
-        except (TimeoutError, PublishError) as exc:
+        except (TimeoutError, PublishError, kafka.QueueFullTimeout) as exc:
             for post in fresh:
                 seen.discard(post.key.decode())
             return _json(503, {"error": f"the broker did not acknowledge: {exc}"}, **{"Retry-After": "5"})
@@ -126,27 +128,34 @@ class HttpSource:
 
     async def _publish(self, posts: list[Any]) -> None:
         loop = asyncio.get_running_loop()
-        futures = []
         deadline = loop.time() + self.ack_timeout
-        for post in posts:
-            future: asyncio.Future[None] = loop.create_future()
-            futures.append(future)
-
-            def done(err: KafkaError | None, msg: Message, future: asyncio.Future[None] = future) -> None:
-                loop.call_soon_threadsafe(_settle, future, err)
-
-            while True:
-                try:
-                    self.publisher.producer.produce(
-                        self.publisher.topic, post.value, post.key, on_delivery=self.publisher.delivery(done)
-                    )
-                    break
-                except BufferError:  # the producer queue is full: wait for it, the client waits for us
-                    if loop.time() > deadline:
-                        raise TimeoutError("producer queue full") from None
-                    await asyncio.sleep(0.01)
+        futures: list[asyncio.Future[None]] = [loop.create_future() for _ in posts]
+        callbacks = [self.publisher.delivery(functools.partial(_settle_soon, loop, f)) for f in futures]
+        # Off the event loop: while the producer queue is full, producing waits (serving delivery
+        # reports) for up to the ack timeout, and the loop keeps serving other requests meanwhile.
+        await asyncio.to_thread(self._produce, posts, callbacks)
         async with asyncio.timeout(max(0.0, deadline - loop.time())):
             await asyncio.gather(*futures)
+
+    def _produce(self, posts: list[Any], callbacks: list[kafka.DeliveryCallback]) -> None:
+        publisher = self.publisher
+        for post, callback in zip(posts, callbacks, strict=True):
+            kafka.produce(
+                publisher.producer,
+                publisher.topic,
+                post.value,
+                post.key,
+                on_delivery=callback,
+                timeout_s=self.ack_timeout,
+                while_full=publisher.check,
+            )
+
+
+def _settle_soon(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], err: KafkaError | None, msg: Message
+) -> None:
+    # A delivery report, on whichever thread polled the producer: settle the future on the loop.
+    loop.call_soon_threadsafe(_settle, future, err)
 
 
 def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:

@@ -1,0 +1,54 @@
+"""The one produce helper every stage uses: backpressure while the local queue is full, never a drop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pulse.kafka import QueueFullTimeout, produce
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FullFor:
+    """A producer whose local queue is full for the first ``n`` produce calls."""
+
+    def __init__(self, n: int) -> None:
+        self.full_left = n
+        self.produced: list[tuple[str, bytes, Any, Any]] = []
+        self.polls = 0
+
+    def produce(self, topic: str, value: bytes, key: Any = None, on_delivery: Any = None) -> None:
+        if self.full_left > 0:
+            self.full_left -= 1
+            raise BufferError("Local: Queue full")
+        self.produced.append((topic, value, key, on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+
+def test_room_at_once_produces_without_waiting() -> None:
+    p = FullFor(0)
+    assert produce(p, "t", b"v", b"k") == 0.0  # type: ignore[arg-type]
+    assert p.produced == [("t", b"v", b"k", None)] and p.polls == 0
+
+
+def test_a_full_queue_is_waited_out_serving_delivery_reports_and_nothing_is_dropped() -> None:
+    p, seen = FullFor(3), []
+    waited = produce(p, "t", b"v", on_delivery=print, while_full=lambda: seen.append(1), poll_s=0)  # type: ignore[arg-type]
+    assert p.produced == [("t", b"v", None, print)]
+    assert p.polls == 3 and len(seen) == 3 and waited >= 0.0
+
+
+def test_a_queue_full_past_the_timeout_raises_and_a_failure_from_while_full_propagates() -> None:
+    with pytest.raises(QueueFullTimeout, match="producer queue for t full"):
+        produce(FullFor(10**6), "t", b"v", timeout_s=0.05, poll_s=0.01)  # type: ignore[arg-type]
+
+    def failed() -> None:
+        raise RuntimeError("delivery failed for good")
+
+    with pytest.raises(RuntimeError, match="for good"):
+        produce(FullFor(5), "t", b"v", while_full=failed, poll_s=0)  # type: ignore[arg-type]
