@@ -191,8 +191,8 @@ def main() -> int:
             "broker": settings.kafka.bootstrap_servers + (" (private noida-db)" if started_broker else ""),
         },
         "producer": {
-            "compression": settings.ingest.compression,
-            "linger_ms": settings.ingest.linger_ms,
+            "compression": settings.kafka.producer.compression,
+            "linger_ms": settings.kafka.producer.linger_ms,
             "queue_max_messages": settings.ingest.queue_max_messages,
             "batch_num_messages": settings.ingest.batch_num_messages,
             "acks": "all",

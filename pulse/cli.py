@@ -202,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load()
     logs.configure(settings.log_level, settings.log_format)
+    for line in settings.deprecations():
+        log.warning(line)
     try:
         return int(args.handler(args, settings))
     except (services.ServiceError, topics.TopicError) as exc:

@@ -62,14 +62,16 @@ def produce(
 
 
 def producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
-    """An idempotent, compressing producer; ``overrides`` are librdkafka options."""
+    """An idempotent, compressing producer tuned by ``KAFKA__PRODUCER__*``; ``overrides`` are librdkafka
+    options a stage sets for itself."""
     conf = settings.kafka.config(
         **{
             "client.id": f"pulse-{stage}",
             "enable.idempotence": True,
             "acks": "all",
-            "compression.type": settings.ingest.compression,
-            "linger.ms": settings.ingest.linger_ms,
+            "compression.type": settings.kafka.producer.compression,
+            "linger.ms": settings.kafka.producer.linger_ms,
+            "message.timeout.ms": settings.kafka.producer.delivery_timeout_ms,
             "error_cb": _error_logger(stage),
             **overrides,
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ProducerSettings(_Section):
+    """Producer tuning shared by every stage that produces (ingest, inference, dead letters, streams)."""
+
+    compression: Literal["lz4", "zstd", "none"] = Field("lz4", description="compression.type of records.")
+    linger_ms: int = Field(20, ge=0, description="linger.ms: how long a batch may wait to fill.")
+    delivery_timeout_ms: int = Field(
+        120_000,
+        ge=1000,
+        description="message.timeout.ms: give up on a record after this (the stage then exits non-zero).",
+    )
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
     client: dict[str, str | int | float | bool] = Field(
@@ -36,6 +48,7 @@ class KafkaSettings(_Section):
         description="Extra librdkafka options for every client (security.protocol, sasl.*, ...).",
     )
     sasl_password: SecretStr | None = Field(None, description="Set as sasl.password on every client.")
+    producer: ProducerSettings = ProducerSettings()
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka configuration for one client: bootstrap + pass-through + per-client overrides."""
@@ -92,12 +105,18 @@ class IngestSettings(_Section):
     http_port: int = 8081
     http_token: SecretStr | None = Field(None, description="Bearer token the HTTP source requires.")
     http_ack_timeout_s: float = Field(30.0, gt=0, description="HTTP source: wait this long for broker acks.")
-    compression: Literal["lz4", "zstd", "none"] = "lz4"
-    linger_ms: int = 20
-    queue_max_messages: int = 200_000
+    queue_max_messages: int = Field(
+        200_000, ge=1, description="librdkafka queue.buffering.max.messages of ingest's producer."
+    )
     batch_num_messages: int = Field(10_000, ge=1, description="librdkafka batch.num.messages for posts.raw.")
-    delivery_timeout_ms: int = Field(
-        120_000, ge=1000, description="librdkafka message.timeout.ms: give up (and exit non-zero) after this."
+    compression: Literal["lz4", "zstd", "none"] | None = Field(
+        None, description="Deprecated (removed in 0.3): use KAFKA__PRODUCER__COMPRESSION."
+    )
+    linger_ms: int | None = Field(
+        None, description="Deprecated (removed in 0.3): use KAFKA__PRODUCER__LINGER_MS."
+    )
+    delivery_timeout_ms: int | None = Field(
+        None, description="Deprecated (removed in 0.3): use KAFKA__PRODUCER__DELIVERY_TIMEOUT_MS."
     )
     flush_timeout_s: float = Field(
         30.0, gt=0, description="On SIGTERM or end of input, wait this long for acks."
@@ -198,6 +217,50 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="text: key=value lines; json: one object."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_producer_settings(cls, data: Any) -> Any:
+        """INGEST__COMPRESSION / LINGER_MS / DELIVERY_TIMEOUT_MS (0.1) still tune the producers for one
+        release, unless the KAFKA__PRODUCER__ variable is set too (it wins); see ``deprecations``."""
+        if not isinstance(data, dict) or not isinstance(data.get("ingest"), dict):
+            return data
+        ingest = data["ingest"]
+        moved = {old: ingest[old] for old in DEPRECATED_PRODUCER_FIELDS if ingest.get(old) is not None}
+        if not moved:
+            return data
+        kafka = data.get("kafka")
+        kafka = (
+            dict(kafka)
+            if isinstance(kafka, dict)
+            else kafka.model_dump()
+            if isinstance(kafka, BaseModel)
+            else {}
+        )
+        producer = kafka.get("producer")
+        producer = dict(producer) if isinstance(producer, dict) else producer.model_dump() if producer else {}
+        kafka["producer"] = {**moved, **producer}
+        return {**data, "kafka": kafka}
+
+    def deprecations(self) -> list[str]:
+        """One line per deprecated variable in use, for ``main()`` to log once logging is set up."""
+        return [
+            f"INGEST__{name.upper()} is deprecated and goes in 0.3: set KAFKA__PRODUCER__{name.upper()} "
+            f"(it tunes every stage's producer)"
+            for name in DEPRECATED_PRODUCER_FIELDS
+            if getattr(self.ingest, name) is not None
+        ]
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    """A section as given to the constructor: a dict, a model, or absent."""
+    if isinstance(section, BaseModel):
+        return section.model_dump()
+    return dict(section) if isinstance(section, dict) else {}
+
+
+# Producer settings that lived in the ingest section in 0.1 (they tuned inference's producer too).
+DEPRECATED_PRODUCER_FIELDS = ("compression", "linger_ms", "delivery_timeout_ms")
 
 
 def load(**overrides: Any) -> Settings:

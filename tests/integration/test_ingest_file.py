@@ -137,7 +137,7 @@ def test_csv_in_a_foreign_layout_with_a_field_mapping(
 def test_backpressure_a_tiny_producer_queue_slows_the_source_and_drops_nothing(
     fresh_settings: Callable[..., Settings], ingest: Callable[..., int], tmp_path: Path
 ) -> None:
-    settings = fresh_settings(ingest={"queue_max_messages": 5, "linger_ms": 5})
+    settings = fresh_settings(ingest={"queue_max_messages": 5}, kafka={"producer": {"linger_ms": 5}})
     path = jsonl(tmp_path / "posts.jsonl", [post(i) for i in range(3000)])
     assert ingest("file", str(path), with_settings=settings) == 0
     keys = {k for k, _ in read_topic(settings, settings.topics.raw, expect=3000)}
@@ -277,8 +277,12 @@ def test_without_success_reports_a_failed_delivery_still_fails_the_run(
     # Nothing listens on this port: every record times out in the producer after 1 s.
     gone = settings.model_copy(
         update={
-            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"}),
-            "ingest": settings.ingest.model_copy(update={"delivery_timeout_ms": 1000}),
+            "kafka": settings.kafka.model_copy(
+                update={
+                    "bootstrap_servers": f"127.0.0.1:{free_port()}",
+                    "producer": settings.kafka.producer.model_copy(update={"delivery_timeout_ms": 1000}),
+                }
+            ),
         }
     )
     runner = _runner(gone, jsonl(tmp_path / "posts.jsonl", [post(i) for i in range(40)]))

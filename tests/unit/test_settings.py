@@ -64,3 +64,34 @@ def test_settings_are_frozen() -> None:
     settings = load()
     with pytest.raises(ValidationError):
         settings.kafka.bootstrap_servers = "elsewhere:9092"  # type: ignore[misc]
+
+
+def test_producer_tuning_lives_in_the_kafka_section_and_every_stage_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pulse.kafka import producer
+
+    monkeypatch.setenv("KAFKA__PRODUCER__COMPRESSION", "zstd")
+    monkeypatch.setenv("KAFKA__PRODUCER__LINGER_MS", "7")
+    settings = Settings(_env_file=None)
+    assert settings.kafka.producer.compression == "zstd" and settings.kafka.producer.linger_ms == 7
+    assert settings.deprecations() == []
+    seen: dict[str, object] = {}
+    monkeypatch.setattr("pulse.kafka.Producer", lambda conf: seen.update(conf))
+    producer(settings, "inference")
+    assert (seen["compression.type"], seen["linger.ms"], seen["message.timeout.ms"]) == ("zstd", 7, 120_000)
+
+
+def test_the_old_ingest_producer_variables_still_work_for_one_release_and_say_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INGEST__COMPRESSION", "zstd")
+    monkeypatch.setenv("INGEST__DELIVERY_TIMEOUT_MS", "5000")
+    monkeypatch.setenv("INGEST__LINGER_MS", "3")
+    monkeypatch.setenv("KAFKA__PRODUCER__LINGER_MS", "9")  # the new name wins over the old one
+    settings = Settings(_env_file=None)
+    producer = settings.kafka.producer
+    assert (producer.compression, producer.delivery_timeout_ms, producer.linger_ms) == ("zstd", 5000, 9)
+    lines = settings.deprecations()
+    assert len(lines) == 3
+    assert "INGEST__COMPRESSION is deprecated" in lines[0] and "KAFKA__PRODUCER__COMPRESSION" in lines[0]

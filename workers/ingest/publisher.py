@@ -54,7 +54,6 @@ class Publisher:
             **{
                 "queue.buffering.max.messages": ingest.queue_max_messages,
                 "batch.num.messages": ingest.batch_num_messages,
-                "message.timeout.ms": ingest.delivery_timeout_ms,
                 "on_delivery": self._delivered,
                 # handled inside confluent-kafka's own callback trampoline (successes skip Python)
                 "delivery.report.only.error": not success_reports,
