@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_dir:
         overrides["inference"]["model_dir"] = Path(args.model_dir)
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
-        if not services.kafka_ready(base, timeout=1.0):
+        if not kafka.ready(base, timeout=1.0):
             overrides["kafka"] = {**base.kafka.model_dump(), "bootstrap_servers": f"127.0.0.1:{_free_port()}"}
             overrides["local"] = {**base.local.model_dump(), "data_dir": Path(tmp), "start_timeout_s": 60}
         settings = Settings(**{**base.model_dump(), **overrides})

@@ -28,7 +28,7 @@ import orjson
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from pulse import services, topics
+from pulse import kafka, services, topics
 from pulse.settings import REPO_ROOT, Settings, load
 from workers.ingest.app import detector, tune_gc
 from workers.ingest.dedup import RecentIds
@@ -154,7 +154,7 @@ def main() -> int:
 
     settings = load()
     started_broker = False
-    if not services.kafka_ready(settings):
+    if not kafka.ready(settings):
         settings = load(
             kafka={"bootstrap_servers": f"127.0.0.1:{_free_port()}"},
             local={"data_dir": args.data_dir / f"broker-{uuid.uuid4().hex[:6]}", "start_timeout_s": 60},

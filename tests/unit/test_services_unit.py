@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pulse import services
+from pulse import redis_client, services
+from pulse.addresses import host_port
 from pulse.settings import load
 
 
@@ -21,7 +22,7 @@ from pulse.settings import load
     ],
 )
 def test_host_port(address: str, default: int, expected: tuple[str, int]) -> None:
-    assert services._host_port(address, default) == expected
+    assert host_port(address, default) == expected
 
 
 def test_state_round_trips_and_down_without_state_stops_nothing(tmp_path: Path) -> None:
@@ -38,7 +39,7 @@ def test_remote_unreachable_redis_is_not_replaced_by_an_embedded_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = load(local={"data_dir": tmp_path}, redis={"url": "redis://cache.internal:6379/0"})
-    monkeypatch.setattr(services, "redis_ready", lambda s, timeout=1.0: False)
+    monkeypatch.setattr(redis_client, "ready", lambda s, timeout=1.0: False)
     with pytest.raises(services.ServiceError, match="not reachable: start it, or unset REDIS__URL"):
         services._redis_up(settings, None)
 
@@ -48,7 +49,7 @@ def test_down_can_stop_a_subset_and_keeps_the_rest_recorded(
 ) -> None:
     settings = load(local={"data_dir": tmp_path})
     stopped: list[str] = []
-    monkeypatch.setattr(services, "_kafka_down", lambda s: stopped.append("kafka"))
+    monkeypatch.setattr(services, "_kafka_down", lambda state: stopped.append("kafka"))
     monkeypatch.setattr(services, "_redis_down", lambda state: stopped.append("redis"))
     services._write_state(
         settings,
