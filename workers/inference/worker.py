@@ -41,6 +41,7 @@ from schemas import DecodeError, Entity, ModelRef, RawPost, Sentiment, encode
 from workers.inference.batching import OffsetLedger, micro_batches
 from workers.inference.batching import TopicPartition as TP
 from workers.inference.enrich import STAGE, decode_post, enrich
+from workers.inference.flow import CommitOutcome, PauseGate, commit_outcome, drop_partitions
 from workers.inference.protocols import PostModel
 from workers.inference.watchlist import Watchlist
 
@@ -116,7 +117,7 @@ class InferenceWorker:
         self._pending: list[Message] = []
         self._pending_since: float | None = None
         self._waiting: list[_Item] = []  # a decoded batch waiting for room in the tokeniser queue
-        self._paused = False
+        self._gate = PauseGate(self.cfg.pause_after_ms / 1000)
         self._tok_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_batches)
         self._inf_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_micro_batches)
         self._out_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_micro_batches)
@@ -200,7 +201,7 @@ class InferenceWorker:
         """One turn of the loop: fill the batch, hand it on when full or due, account for deliveries."""
         wait_s = self.cfg.max_wait_ms / 1000
         room = self.cfg.batch_size - len(self._pending)
-        if room > 0 and not self._paused:
+        if room > 0 and not self._gate.paused:
             if self._pending_since is not None:
                 timeout = max(0.0, self._pending_since + wait_s - time.monotonic())
             else:
@@ -250,15 +251,13 @@ class InferenceWorker:
     def _wait_for_room(self, items: list[_Item]) -> None:
         """Backpressure: wait for the tokeniser; pause every assigned partition while it is behind.
 
-        A momentary full queue is served by librdkafka's bounded prefetch queue alone: pausing then
-        would make each resume pay a fetch round trip. Past ``pause_after_ms`` (50 ms) the worker
-        is really behind and the partitions are paused, so they send no fetch requests meanwhile:
-        on the local broker, waiting 500 ms before pausing left fetches outstanding that cost the
-        broker 0.2-0.25 of 2 cores (0.4 with no pausing) against ~0.1 with 50 ms. While paused,
-        the group is served (rebalances, max.poll.interval.ms) until there is room.
+        ``PauseGate`` decides when (after ``pause_after_ms`` of a full queue): on the local broker,
+        waiting 500 ms before pausing left fetches outstanding that cost the broker 0.2-0.25 of 2
+        cores (0.4 with no pausing) against ~0.1 with 50 ms. While paused, the group is served
+        (rebalances, max.poll.interval.ms) until there is room.
         """
         self._waiting = items
-        patience = time.monotonic() + self.cfg.pause_after_ms / 1000
+        full_since = time.monotonic()
         try:
             # A revocation meanwhile removes its partitions' items from the list (see _on_revoke).
             while items and not self._failed.is_set():
@@ -266,28 +265,22 @@ class InferenceWorker:
                     self._tok_q.put(items, timeout=0.02)
                     return
                 except queue.Full:
-                    if not self._paused and time.monotonic() >= patience:
-                        self._pause()
-                    if self._paused:
+                    if self._gate.full(full_since, time.monotonic()):
+                        self._set_paused(True)
+                    if self._gate.paused:
                         self._consume(self.cfg.batch_size, 0)
                     self._account()
         finally:
             self._waiting = []
-            if self._paused:
-                self._resume()
+            if self._gate.room():
+                self._set_paused(False)
 
-    def _pause(self) -> None:
+    def _set_paused(self, paused: bool) -> None:
         assigned = self._consumer.assignment()
         if assigned:
-            self._consumer.pause(assigned)
-        self._paused = True
-        metrics.MESSAGES.labels(STAGE, "paused").inc()
-
-    def _resume(self) -> None:
-        assigned = self._consumer.assignment()
-        if assigned:
-            self._consumer.resume(assigned)
-        self._paused = False
+            (self._consumer.pause if paused else self._consumer.resume)(assigned)
+        if paused:
+            metrics.MESSAGES.labels(STAGE, "paused").inc()
 
     def _dead_letter(self, msg: Message, reason: str, error: str) -> None:
         letter = dead_letter(STAGE, reason, error, msg.value() or b"", message=msg)
@@ -362,19 +355,22 @@ class InferenceWorker:
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as exc:
-            # Nothing stored since the last commit gives _NO_OFFSET: not an error.
-            if (
-                exc.args
-                and isinstance(exc.args[0], KafkaError)
-                and exc.args[0].code() == KafkaError._NO_OFFSET
-            ):
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            outcome = (
+                commit_outcome(err.code(), err.fatal(), KafkaError._NO_OFFSET)
+                if err is not None
+                else CommitOutcome.RETRY
+            )
+            if outcome is CommitOutcome.NOTHING_STORED:
                 return
-            log.warning("commit failed", extra={"stage": STAGE, "error": str(exc)})
+            if outcome is CommitOutcome.FATAL:
+                self._fail(WorkerFailed(f"commit failed for good: {exc}"))
+            log.warning("commit failed", extra={"stage": STAGE, "error": str(exc), "outcome": outcome.value})
 
     # ------------------------------------------------------------------ rebalance (main thread)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._paused and partitions:
+        if self._gate.paused and partitions:
             consumer.pause(partitions)
         self._owned = self._owned | {(p.topic, p.partition) for p in partitions}
         log.info(
@@ -386,13 +382,7 @@ class InferenceWorker:
         """Finish and commit what is in flight for the partitions that go; drop what was not started."""
         revoked = [(p.topic, p.partition) for p in partitions]
         gone = set(revoked)
-        kept = [m for m in self._pending if _tp(m) not in gone]
-        waiting = [i for i in self._waiting if i.tp not in gone]
-        abandoned = len(self._pending) - len(kept) + len(self._waiting) - len(waiting)
-        self._pending = kept
-        self._waiting[:] = waiting
-        if not kept:
-            self._pending_since = None
+        abandoned = self._drop(gone)
         # Not started means not produced: the new owner consumes those from the committed offset.
         if self._drain(revoked, abandoned):
             self._commit()
@@ -407,11 +397,19 @@ class InferenceWorker:
             },
         )
 
+    def _drop(self, gone: set[TP]) -> int:
+        """Forget the not-yet-started records of partitions that went; how many there were."""
+        self._pending, pending_dropped = drop_partitions(self._pending, gone, _tp)
+        waiting, waiting_dropped = drop_partitions(self._waiting, gone, lambda item: item.tp)
+        self._waiting[:] = waiting  # in place: _wait_for_room holds this list
+        if not self._pending:
+            self._pending_since = None
+        return pending_dropped + waiting_dropped
+
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions taken away without a handshake: their new owner replays; commit nothing."""
         gone = {(p.topic, p.partition) for p in partitions}
-        self._pending = [m for m in self._pending if _tp(m) not in gone]
-        self._waiting[:] = [i for i in self._waiting if i.tp not in gone]
+        self._drop(gone)
         self._ledger.forget(gone)
         self._owned = self._owned - gone
         log.warning(
