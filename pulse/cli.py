@@ -1,7 +1,8 @@
 """The ``pulse`` command: the top floor, and the only module in ``pulse/`` that may import the stages.
 
-Stage packages contribute their sub-commands through a ``register(subparsers)`` function; they are
-imported lazily so that ``pulse --help`` never loads Kafka clients, ONNX Runtime or torch.
+Stage packages contribute their sub-commands through a ``register(subparsers)`` function that imports
+only argparse wiring; their handlers import the rest, so ``pulse --help`` never loads ONNX Runtime,
+torch or a stage's clients (the shell's own commands use the Kafka client library, which loads).
 """
 
 from __future__ import annotations

@@ -44,3 +44,10 @@ def test_service_errors_are_one_line_and_exit_2(
     assert main(["services", "up"]) == 2
     err = capsys.readouterr().err
     assert err == "pulse: error: port 9092 is taken by something that is not a Kafka broker: stop it\n"
+
+
+def test_the_http_source_offers_no_metrics_port_it_would_ignore() -> None:
+    # /metrics and /healthz are on the HTTP source's own port; an option that did nothing was a lie.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ingest", "http", "--metrics-port", "9200"])
+    assert build_parser().parse_args(["ingest", "file", "x.jsonl", "--metrics-port", "0"]).metrics_port == 0

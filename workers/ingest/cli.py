@@ -21,13 +21,14 @@ def _positive(kind: type) -> Any:
     return parse
 
 
-def _common(parser: argparse.ArgumentParser, mapping: bool = True) -> None:
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="port of /metrics and /healthz (default INGEST__METRICS_PORT; 0 = any, -1 = off)",
-    )
+def _common(parser: argparse.ArgumentParser, mapping: bool = True, metrics_port: bool = True) -> None:
+    if metrics_port:  # the HTTP source serves /metrics and /healthz on its own port instead
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="port of /metrics and /healthz (default INGEST__METRICS_PORT; 0 = any, -1 = off)",
+        )
     parser.add_argument(
         "--no-warm",
         action="store_true",
@@ -97,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     http.add_argument(
         "--no-auth", action="store_true", help="accept posts without a token (local demos only)"
     )
-    _common(http)
+    _common(http, metrics_port=False)
     http.set_defaults(handler=_http)
 
     gen = sources.add_parser("generator", help="a synthetic, seeded stream for demos and load tests")
@@ -198,7 +199,7 @@ def _file(args: argparse.Namespace, settings: Settings) -> int:
         print(f"pulse ingest: error: {exc}", file=sys.stderr)
         return 2
     if args.retime:
-        pipeline.builder.retime(str(int(time.time())))
+        pipeline.builder.replay = pipeline.builder.replay.retimed(str(int(time.time())))
     stop = app.serve(settings, args.metrics_port, publisher)
     batch = settings.ingest.batch_size
     pacer: RatePacer | SpeedPacer | None = None
@@ -230,7 +231,6 @@ def _http(args: argparse.Namespace, settings: Settings) -> int:
         platform=args.platform,
         mapping=_mapping(args, csv=False),
         warm=not args.no_warm,
-        metrics_port=args.metrics_port,
         no_auth=args.no_auth,
     )
 

@@ -175,7 +175,6 @@ def serve(
     platform: str | None,
     mapping: FieldMapping | None,
     warm: bool,
-    metrics_port: int | None,
     no_auth: bool = False,
 ) -> int:
     import sys
