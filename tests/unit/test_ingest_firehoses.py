@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
+from pulse.retry import Backoff
 from schemas import RawPost, decode
 from workers.ingest.dedup import RecentIds
 from workers.ingest.pipeline import Batch, Item, Pipeline
 from workers.ingest.records import RecordBuilder
 from workers.ingest.sources.bluesky import HandleCache, post_record, subscribe_url
-from workers.ingest.sources.firehose import Backoff
 from workers.ingest.sources.mastodon import SseParser, html_to_text
 from workers.ingest.sources.mastodon import post_record as status_record
 

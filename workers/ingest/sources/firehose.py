@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pulse import metrics
+from pulse.retry import Backoff
 from pulse.settings import Settings
 from workers.ingest.pipeline import STAGE, Batch, Item
 from workers.ingest.sources import SourceError
@@ -34,23 +35,6 @@ class Stream(Protocol):
     def connect(self) -> AsyncIterator[Item | None]:
         """Connect and yield records; ``None`` for a message that carried no post (counted by the stream)."""
         ...
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with full jitter; ``reset`` after a connection that delivered."""
-
-    base: float = 0.5
-    cap: float = 60.0
-    attempt: int = 0
-
-    def next_delay(self, rng: random.Random) -> float:
-        delay = min(self.cap, self.base * 2**self.attempt)
-        self.attempt += 1
-        return rng.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 _END = object()
