@@ -5,7 +5,11 @@ Imports nothing of ours, so consumers can depend on it alone.
 
 from schemas.codec import DecodeError, decode, encode, validate
 from schemas.models import (
+    MAX_ID_LENGTH,
+    MAX_PLATFORM_LENGTH,
+    MAX_TEXT_LENGTH,
     MESSAGES,
+    PLATFORM_PATTERN,
     SENTIMENT_LABELS,
     Alert,
     Author,
@@ -27,7 +31,11 @@ from schemas.models import (
 )
 
 __all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_PLATFORM_LENGTH",
+    "MAX_TEXT_LENGTH",
     "MESSAGES",
+    "PLATFORM_PATTERN",
     "SENTIMENT_LABELS",
     "Alert",
     "Author",

@@ -59,6 +59,12 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TermKind = Literal["hashtag", "entity", "brand", "keyword"]
 SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 
+# RawPost's limits, named so that ingest's own checks (workers.ingest.records) read the same values.
+MAX_ID_LENGTH = 512
+MAX_TEXT_LENGTH = 100_000
+MAX_PLATFORM_LENGTH = 64
+PLATFORM_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_serialization_defaults_required=True)
@@ -76,12 +82,12 @@ class RawPost(_Message):
     """A post as ingest publishes it to ``posts.raw`` (key: ``id``)."""
 
     schema_version: Literal[1] = 1
-    id: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)] = Field(
         description="Stable post id, unique across platforms, e.g. 'bluesky:at://did:plc:.../post/3k...'."
     )
-    platform: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+    platform: Annotated[str, Field(pattern=PLATFORM_PATTERN, max_length=MAX_PLATFORM_LENGTH)]
     author: Author
-    text: Annotated[str, Field(max_length=100_000)]
+    text: Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
     lang: Annotated[str, Field(min_length=2, max_length=16)] = Field(
         default="und", description="BCP 47 language tag; 'und' when unknown or not confident."
     )

@@ -17,7 +17,7 @@ from workers.ingest.language import Py3LangidDetector
 from workers.ingest.mapping import FieldMapping
 from workers.ingest.pipeline import STAGE, Pipeline
 from workers.ingest.publisher import Publisher
-from workers.ingest.records import RecordBuilder
+from workers.ingest.records import RecordBuilder, Replay
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def pipeline(
     warm: bool = True,
     *,
     success_reports: bool = True,
+    replay: Replay | None = None,
 ) -> tuple[Pipeline, Publisher]:
     """The pipeline and its publisher; checks the broker and topic, and warms dedup from posts.raw.
 
@@ -58,7 +59,8 @@ def pipeline(
         if n:
             log.info("dedup window warmed from the topic", extra={"stage": STAGE, "keys": n})
     tune_gc()
-    return Pipeline(RecordBuilder(platform), detector(settings), recent, mapping), publisher
+    builder = RecordBuilder(platform, replay=replay)
+    return Pipeline(builder, detector(settings), recent, mapping), publisher
 
 
 def serve_metrics(

@@ -175,6 +175,7 @@ def _file(args: argparse.Namespace, settings: Settings) -> int:
     from workers.ingest import app
     from workers.ingest.pacing import RatePacer, SpeedPacer
     from workers.ingest.publisher import PublishError
+    from workers.ingest.records import Replay
     from workers.ingest.runner import Progress, Runner
     from workers.ingest.sources.file import FileSource, detect_format
 
@@ -191,15 +192,14 @@ def _file(args: argparse.Namespace, settings: Settings) -> int:
     if args.loop and path == "-":
         print("pulse ingest: error: --loop needs a file, not stdin", file=sys.stderr)
         return 2
+    replay = Replay().retimed(str(int(time.time()))) if args.retime else Replay()
     try:
         pipeline, publisher = app.pipeline(
-            settings, args.platform, mapping, warm=not args.no_warm, success_reports=False
+            settings, args.platform, mapping, warm=not args.no_warm, success_reports=False, replay=replay
         )
     except (PublishError, ValueError) as exc:
         print(f"pulse ingest: error: {exc}", file=sys.stderr)
         return 2
-    if args.retime:
-        pipeline.builder.replay = pipeline.builder.replay.retimed(str(int(time.time())))
     stop = app.serve(settings, args.metrics_port, publisher)
     batch = settings.ingest.batch_size
     pacer: RatePacer | SpeedPacer | None = None

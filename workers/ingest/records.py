@@ -17,13 +17,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgspec
 import orjson
 
-from schemas import DecodeError
+from schemas import MAX_ID_LENGTH, MAX_PLATFORM_LENGTH, MAX_TEXT_LENGTH, PLATFORM_PATTERN, DecodeError
 from workers.ingest.normalise import (
     extract_hashtags,
     extract_mentions,
@@ -32,10 +33,8 @@ from workers.ingest.normalise import (
     normalise_text,
 )
 
-_PLATFORM = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_PLATFORM = re.compile(PLATFORM_PATTERN)
 WIRE_OPTIONS = orjson.OPT_UTC_Z
-MAX_ID = 512
-MAX_TEXT = 100_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -170,36 +169,69 @@ def _merge(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(first + second)) if first else second
 
 
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Where a replay of a recorded file stands (``--retime``, ``--loop``): how far event times move,
+    what every id gets appended, which pass over the file this is. Live sources keep ``Replay()``."""
+
+    time_shift: timedelta = timedelta(0)
+    id_suffix: str = ""  # a new id per pass of a looped file, per run of a retimed one
+    run_suffix: str = ""  # ``~run`` of a retimed run: every pass's suffix starts with it
+    pass_number: int = 0  # 0: the first pass over the file
+    retime_pending: bool = False  # the first record built sets the shift, so it happens at ingest time
+
+    def retimed(self, run: str) -> Replay:
+        """Replay as new traffic: event times start now, and ids get ``~run`` so another run of the same
+        file is new posts too (a plain replay keeps its ids, and dedup drops what was published)."""
+        run_suffix = f"~{run}"
+        return replace(
+            self, run_suffix=run_suffix, id_suffix=run_suffix + self.id_suffix, retime_pending=True
+        )
+
+    def started(self, first: datetime, now: datetime) -> Replay:
+        """The pending retime done: the record that happened at ``first`` happens ``now``."""
+        return replace(self, time_shift=now - first, retime_pending=False)
+
+    def next_pass(self, span: timedelta | None) -> Replay:
+        """A looped replay starts over: new ids, and event times moved past the previous pass, whose
+        records spanned ``span`` of event time (None: it built none)."""
+        number = self.pass_number + 1
+        shift = self.time_shift if span is None else self.time_shift + span + timedelta(seconds=1)
+        return replace(self, pass_number=number, id_suffix=f"{self.run_suffix}#{number}", time_shift=shift)
+
+
 class RecordBuilder:
     """Builds wire documents from canonical input records (see ``workers.ingest.mapping``)."""
 
-    def __init__(self, default_platform: str | None = None) -> None:
+    def __init__(self, default_platform: str | None = None, *, replay: Replay | None = None) -> None:
         if default_platform is not None and not _PLATFORM.match(default_platform):
             raise ValueError(f"platform {default_platform!r} must match {_PLATFORM.pattern}")
         self.default_platform = default_platform
         self._platforms: set[str] = set()  # platforms already checked: a handful per process
-        self.time_shift = timedelta(0)  # replays: move event times (see FileSource --retime / --loop)
-        self.id_suffix = ""  # replays: a new id per pass of a looped file, per run of a retimed one
-        self.run_suffix = ""
-        self.retime_pending = False  # set: shift event times so that the first record happens at ingest time
         self._lang_cache: dict[str, str | None] = {}  # source language tags seen, normalised: a few dozen
-        self.passes = 0
         self._first: datetime | None = None  # event-time span of the records built so far (unshifted)
         self._last: datetime | None = None
+        self.replay = Replay() if replay is None else replay
 
-    def retime(self, run: str) -> None:
-        """Replay as new traffic: event times start now, and ids get ``~run`` so another run of the same
-        file is new posts too (a plain replay keeps its ids, and dedup drops what was published)."""
-        self.retime_pending = True
-        self.run_suffix = f"~{run}"
-        self.id_suffix = self.run_suffix + self.id_suffix
+    @property
+    def replay(self) -> Replay:
+        """The replay state every record is built under; set a new value to change it."""
+        return self._replay
 
-    def next_pass(self) -> None:
-        """A looped replay starts over: new ids, and event times moved past the previous pass."""
-        self.passes += 1
-        self.id_suffix = f"{self.run_suffix}#{self.passes}"
-        if self._first is not None and self._last is not None:
-            self.time_shift += (self._last - self._first) + timedelta(seconds=1)
+    @replay.setter
+    def replay(self, replay: Replay) -> None:
+        self._replay = replay
+        # ``fast`` runs once per record: it reads these plain attributes, not a chain through the value.
+        self._shift = replay.time_shift
+        self._suffix = replay.id_suffix
+        self._retime_pending = replay.retime_pending
+
+    @property
+    def span(self) -> timedelta | None:
+        """Event time from the earliest to the latest record built so far, unshifted (None: none yet)."""
+        if self._first is None or self._last is None:
+            return None
+        return self._last - self._first
 
     def build(self, record: Any, ingested_at: datetime | str) -> Built:
         """The wire document for ``record``, or ``DecodeError`` naming the offending field.
@@ -222,10 +254,10 @@ class RecordBuilder:
         positions: list[int] = []
         rest: list[int] = []
         last = self._last
-        if last is None or self.retime_pending:  # the careful path starts the span / the retime
+        if last is None or self._retime_pending:  # the careful path starts the span / the retime
             return Lines(keys, values, created, positions, list(range(len(records))))
         platforms, langs = self._platforms, self._lang_cache
-        default_platform, suffix, shift = self.default_platform, self.id_suffix, self.time_shift
+        default_platform, suffix, shift = self.default_platform, self._suffix, self._shift
         decode, encode, fromiso = _decode_line, _encode_wire, datetime.fromisoformat
         is_normalized = unicodedata.is_normalized
         for index, line in enumerate(records):
@@ -246,7 +278,7 @@ class RecordBuilder:
                 lang is None
                 or platform not in platforms
                 or not author.id
-                or not 0 < len(post_id) <= MAX_ID
+                or not 0 < len(post_id) <= MAX_ID_LENGTH
                 or (handle is not None and handle[:1] == "@")
             ):
                 rest.append(index)
@@ -272,7 +304,7 @@ class RecordBuilder:
                 or len(text.strip(" ")) != len(text)
             ):
                 text = normalise_text(text)
-            if len(text) > MAX_TEXT:
+            if len(text) > MAX_TEXT_LENGTH:
                 rest.append(index)
                 continue
             keys.append(post_id)
@@ -325,14 +357,14 @@ class RecordBuilder:
             and type(platform) is str
             and platform in self._platforms
             and self._last is not None
-            and not self.retime_pending
+            and not self._retime_pending
             and author_id
             and type(author) is dict
         ):
             return None
-        if self.id_suffix:
-            post_id += self.id_suffix
-        if not 0 < len(post_id) <= MAX_ID:
+        if self._suffix:
+            post_id += self._suffix
+        if not 0 < len(post_id) <= MAX_ID_LENGTH:
             return None
         handle = author.get("handle")
         display_name = author.get("display_name")
@@ -357,8 +389,8 @@ class RecordBuilder:
             return None
         if created_at > self._last:
             self._last = created_at
-        if self.time_shift:
-            created_at += self.time_shift
+        if self._shift:
+            created_at += self._shift
 
         if text.isascii() and text.isprintable():
             # printable ASCII has no whitespace but ' ', so only doubled or outer spaces need collapsing
@@ -366,7 +398,7 @@ class RecordBuilder:
                 text = " ".join(text.split())
         else:
             text = normalise_text(text)
-        if len(text) > MAX_TEXT:
+        if len(text) > MAX_TEXT_LENGTH:
             return None
         doc = {
             "schema_version": 1,
@@ -391,17 +423,24 @@ class RecordBuilder:
 
         post_id = _string(get("id"), "id", required=True)
         assert post_id is not None
-        if self.id_suffix:
-            post_id += self.id_suffix
-        if not post_id or len(post_id) > MAX_ID:
-            raise _fail("id", f"must be 1 to {MAX_ID} characters, got {len(post_id)}")
+        if self._suffix:
+            post_id += self._suffix
+        if not post_id or len(post_id) > MAX_ID_LENGTH:
+            raise _fail("id", f"must be 1 to {MAX_ID_LENGTH} characters, got {len(post_id)}")
 
         platform = get("platform") or self.default_platform
         if not isinstance(platform, str) or platform not in self._platforms:
             if platform is None:
                 raise _fail("platform", "is required (or give the source a default platform)")
-            if not isinstance(platform, str) or len(platform) > 64 or not _PLATFORM.match(platform):
-                raise _fail("platform", f"must be lower-case [a-z0-9_.-], up to 64 characters: {platform!r}")
+            if (
+                not isinstance(platform, str)
+                or len(platform) > MAX_PLATFORM_LENGTH
+                or not _PLATFORM.match(platform)
+            ):
+                raise _fail(
+                    "platform",
+                    f"must be lower-case [a-z0-9_.-], up to {MAX_PLATFORM_LENGTH} characters: {platform!r}",
+                )
             self._platforms.add(platform)
 
         author = get("author")
@@ -424,8 +463,8 @@ class RecordBuilder:
                 "text", "is required" if text is None else f"expected a string, got {type(text).__name__}"
             )
         text = normalise_text(text)
-        if len(text) > MAX_TEXT:
-            raise _fail("text", f"longer than {MAX_TEXT} characters ({len(text)})")
+        if len(text) > MAX_TEXT_LENGTH:
+            raise _fail("text", f"longer than {MAX_TEXT_LENGTH} characters ({len(text)})")
 
         raw_lang = get("lang")
         lang = normalise_lang(raw_lang)
@@ -436,12 +475,11 @@ class RecordBuilder:
             self._first = self._last = created_at
         elif created_at > self._last:
             self._last = created_at
-        if self.retime_pending:
-            self.retime_pending = False
+        if self._retime_pending:
             now = ingested_at if isinstance(ingested_at, datetime) else datetime.fromisoformat(ingested_at)
-            self.time_shift = now - created_at
-        if self.time_shift:
-            created_at += self.time_shift
+            self.replay = self._replay.started(created_at, now)
+        if self._shift:
+            created_at += self._shift
 
         url = _string(get("url"), "url", required=False)
 

@@ -97,8 +97,9 @@ class Runner:
                 self._drain()
                 if self.stop.is_set() or not self.loop or not self.source.rewind():
                     break
-                self.pipeline.builder.next_pass()
-                log.info("replay starts over", extra={"stage": STAGE, "pass": self.pipeline.builder.passes})
+                builder = self.pipeline.builder
+                builder.replay = builder.replay.next_pass(builder.span)
+                log.info("replay starts over", extra={"stage": STAGE, "pass": builder.replay.pass_number})
         except (PublishError, KafkaException, SourceError) as exc:  # failed for good, after retries
             log.error("giving up", extra={"stage": STAGE, "error": str(exc)})
             self.publisher.flush(min(self.flush_timeout, 5.0))
