@@ -1,4 +1,4 @@
-"""Factories for messages: valid by default, any field overridable."""
+"""Factories for messages and ingest's input records: valid by default, any field overridable."""
 
 from __future__ import annotations
 
@@ -45,6 +45,20 @@ def post_factory(**overrides: Any) -> RawPost:
     }
     fields.update(overrides)
     return RawPost(**fields)
+
+
+def input_record(**overrides: Any) -> dict[str, Any]:
+    """A record as a source hands it to ingest (the canonical input layout, not yet a RawPost)."""
+    record: dict[str, Any] = {
+        "id": "t:1",
+        "platform": "test",
+        "author": {"id": "u1", "handle": "ann"},
+        "text": "Loving the new #Acme phone @acmehelp https://acme.example/p1",
+        "lang": "en",
+        "created_at": "2026-11-28T11:59:00Z",
+    }
+    record.update(overrides)
+    return record
 
 
 def enriched_factory(post: RawPost | None = None, **overrides: Any) -> EnrichedPost:

@@ -30,6 +30,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pulse.settings import Settings
 from schemas import Author, DeadLetter, EnrichedPost, RawPost, decode, encode
+from tests.factories import post_factory
+from tests.kafka_io import read_topic
 from workers.inference.loader import ModelLoadError, load_model, model_dirs
 from workers.inference.watchlist import Watchlist
 from workers.inference.worker import InferenceWorker
@@ -151,22 +153,24 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------------ Kafka helpers
 
 
-def post_factory(n: int, run: str) -> list[RawPost]:
+TEXTS = (
+    "Acme Cloud is down again, outage today",
+    "I love the great new globex phone",
+    "@acme the cloud is fast",
+    "initech",
+    "the",
+    "bad bad bad " * 40,
+)
+
+
+def posts_factory(n: int, run: str) -> list[RawPost]:
+    """``n`` posts of one test run, cycling through texts the tiny models have known answers for."""
     now = datetime.now(UTC)
-    texts = [
-        "Acme Cloud is down again, outage today",
-        "I love the great new globex phone",
-        "@acme the cloud is fast",
-        "initech",
-        "the",
-        "bad bad bad " * 40,
-    ]
     return [
-        RawPost(
+        post_factory(
             id=f"test:{run}:{i}",
-            platform="test",
             author=Author(id=f"a{i % 17}"),
-            text=f"{texts[i % len(texts)]} #{i}",
+            text=f"{TEXTS[i % len(TEXTS)]} #{i}",
             created_at=now,
             ingested_at=now,
         )
@@ -194,39 +198,6 @@ def produce_posts(settings: Settings, posts: Sequence[RawPost]) -> None:
     produce(settings, [(p.id.encode(), encode(p)) for p in posts])
 
 
-def read_all(settings: Settings, topic: str, at_least: int = 0, timeout: float = 60.0) -> list[Any]:
-    """Every record in ``topic`` once at least ``at_least`` are there, up to the high watermarks."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        parts = [TopicPartition(topic, p) for p in meta.partitions]
-        deadline = time.monotonic() + timeout
-        while True:
-            highs = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-            if sum(highs.values()) >= at_least or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        consumer.assign([TopicPartition(topic, p, 0) for p in highs])
-        out: list[Any] = []
-        positions = {p: 0 for p in highs}
-        while any(positions[p] < highs[p] for p in highs) and time.monotonic() < deadline + 30:
-            for msg in consumer.consume(500, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                part, offset = msg.partition() or 0, msg.offset() or 0
-                positions[part] = offset + 1
-                if offset < highs[part]:
-                    out.append(msg)
-        return out
-    finally:
-        consumer.close()
-
-
 def committed(settings: Settings) -> dict[int, int]:
     topic = settings.topics.raw
     consumer = Consumer(
@@ -239,13 +210,14 @@ def committed(settings: Settings) -> dict[int, int]:
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         got = consumer.committed([TopicPartition(topic, p) for p in meta.partitions], timeout=10)
-        return {tp.partition: tp.offset for tp in got}
+        # A partition with nothing committed reads OFFSET_INVALID (-1001): left out, not summed.
+        return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
     finally:
         consumer.close()
 
 
-def high_watermarks(settings: Settings) -> dict[int, int]:
-    topic = settings.topics.raw
+def high_watermarks(settings: Settings, topic: str | None = None) -> dict[int, int]:
+    topic = topic or settings.topics.raw
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "hw"})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
@@ -257,11 +229,24 @@ def high_watermarks(settings: Settings) -> dict[int, int]:
         consumer.close()
 
 
+def enriched(settings: Settings, at_least: int = 0) -> list[EnrichedPost]:
+    """Every enriched record, once ``at_least`` are there (the workers writing them have stopped)."""
+    read = read_topic(settings, settings.topics.enriched, at_least, timeout=60, to_end=True)
+    return [decode(value, EnrichedPost) for _, value in read]
+
+
+def enriched_count(settings: Settings) -> int:
+    """Enriched records on the broker now (the topic's high watermarks: cheap to poll)."""
+    return sum(high_watermarks(settings, settings.topics.enriched).values())
+
+
 def enriched_ids(settings: Settings, at_least: int = 0) -> Counter[str]:
-    return Counter(
-        decode(m.value(), EnrichedPost).post.id
-        for m in read_all(settings, settings.topics.enriched, at_least)
-    )
+    return Counter(record.post.id for record in enriched(settings, at_least))
+
+
+def dead_letters(settings: Settings) -> list[DeadLetter]:
+    read = read_topic(settings, settings.topics.dlq, 0, to_end=True)
+    return [decode(value, DeadLetter) for _, value in read]
 
 
 @pytest.fixture
@@ -339,7 +324,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 def test_every_raw_post_comes_out_enriched_exactly_once(
     infer_settings: Settings, running: Callable[[Settings], Running]
 ) -> None:
-    posts = post_factory(300 if infer_settings.inference.model_dir == SHIPPED else 600, "normal")
+    posts = posts_factory(300 if infer_settings.inference.model_dir == SHIPPED else 600, "normal")
     produce_posts(infer_settings, posts)
     before = {step: step_count(step) for step in ("decode", "tokenise", "infer", "produce")}
     enriched_before = sample("pulse_messages_total", outcome="enriched")
@@ -351,9 +336,7 @@ def test_every_raw_post_comes_out_enriched_exactly_once(
     )
     assert worker.stop() == 0
 
-    records = [
-        decode(m.value(), EnrichedPost) for m in read_all(infer_settings, infer_settings.topics.enriched)
-    ]
+    records = enriched(infer_settings)
     ids = Counter(r.post.id for r in records)
     assert set(ids) == {p.id for p in posts}
     assert max(ids.values()) == 1, f"duplicates: {[i for i, c in ids.items() if c > 1][:5]}"
@@ -368,7 +351,7 @@ def test_every_raw_post_comes_out_enriched_exactly_once(
         assert first.sentiment.label == "negative"
         assert by_id[posts[1].id].sentiment.label == "positive"
         assert [e.text for e in by_id[posts[1].id].entities] == ["globex"]
-    assert read_all(infer_settings, infer_settings.topics.dlq) == []
+    assert dead_letters(infer_settings) == []
     # The worker's metrics saw it: every step timed, every post counted, lag reported.
     assert all(step_count(step) > before[step] for step in before)
     assert sample("pulse_messages_total", outcome="enriched") - enriched_before == len(posts)
@@ -397,7 +380,7 @@ def step_count(step: str) -> float:
 def test_poison_records_go_to_the_dlq_with_provenance_and_do_not_stall_their_partition(
     infer_settings: Settings, running: Callable[[Settings], Running]
 ) -> None:
-    posts = post_factory(120, "poison")
+    posts = posts_factory(120, "poison")
     good = [(p.id.encode(), encode(p)) for p in posts]
     poison: list[tuple[bytes | None, bytes | None]] = [
         (b"bad-json", b"{not json"),
@@ -421,7 +404,7 @@ def test_poison_records_go_to_the_dlq_with_provenance_and_do_not_stall_their_par
 
     ids = enriched_ids(infer_settings)
     assert sorted(ids) == sorted(p.id for p in posts) and max(ids.values()) == 1
-    letters = [decode(m.value(), DeadLetter) for m in read_all(infer_settings, infer_settings.topics.dlq)]
+    letters = dead_letters(infer_settings)
     assert sorted((dl.key, dl.offset) for dl in letters) == [
         (b"bad-json", 0),
         (b"missing-text", 1),
@@ -447,7 +430,7 @@ def test_two_workers_in_one_group_split_the_partitions(
     owned_b = {p for _, p in b.worker.owned}
     assert owned_a.isdisjoint(owned_b) and owned_a | owned_b == set(range(6))
 
-    posts = post_factory(300 if infer_settings.inference.model_dir == SHIPPED else 600, "split")
+    posts = posts_factory(300 if infer_settings.inference.model_dir == SHIPPED else 600, "split")
     produce_posts(infer_settings, posts)
     wait_for(
         lambda: committed(infer_settings) == high_watermarks(infer_settings), 120, "every offset committed"
@@ -462,7 +445,7 @@ def test_two_workers_in_one_group_split_the_partitions(
 # ------------------------------------------------------------------ real processes and signals
 
 
-def _env(settings: Settings) -> dict[str, str]:
+def _env(settings: Settings, kafka_client: dict[str, Any] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA__", "TOPICS__", "INFERENCE__"))}
     env.update(
         {
@@ -484,13 +467,18 @@ def _env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if kafka_client:
+        env["KAFKA__CLIENT"] = json.dumps(kafka_client)  # librdkafka options for the child's clients
     return env
 
 
-def start_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_process(
+    settings: Settings, log: Path, kafka_client: dict[str, Any] | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "pulse.cli", "infer"]
+    env = _env(settings, kafka_client)
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, env=_env(settings), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
 
 
 def _stop(proc: subprocess.Popen[bytes], log: Path) -> int:
@@ -511,16 +499,19 @@ def test_a_worker_stopped_mid_stream_and_restarted_loses_nothing(
 ) -> None:
     # Enough posts that the stop lands mid-stream: the tiny models are ~10x faster than the shipped.
     shipped = infer_settings.inference.model_dir == SHIPPED
-    posts = post_factory(800 if shipped else 6000, how)
+    posts = posts_factory(800 if shipped else 6000, how)
     log = tmp_path / "worker.log"
-    first = start_process(infer_settings, log)
+    # The first worker's auto-commit interval outlasts the test, so it commits nothing on its own: what
+    # it delivered is committed by its drain (SIGTERM) or not at all (SIGKILL), and then every record of
+    # it must be replayed. No hoping that the kill lands between two auto-commits.
+    first = start_process(infer_settings, log, kafka_client={"auto.commit.interval.ms": 600_000})
 
     # A live stream, so the stop lands while records are in flight; the last fifth arrives only
     # after the stop, so the restarted worker always has work the first one never saw.
     before_stop, after_stop = posts[: len(posts) * 4 // 5], posts[len(posts) * 4 // 5 :]
 
     def trickle() -> None:
-        for start in range(0, len(before_stop), 50):  # ~500 posts/s: past the first auto-commit
+        for start in range(0, len(before_stop), 50):  # ~500 posts/s
             produce_posts(infer_settings, before_stop[start : start + 50])
             time.sleep(0.1)
 
@@ -528,11 +519,10 @@ def test_a_worker_stopped_mid_stream_and_restarted_loses_nothing(
     try:
         feeder.start()
         wait_for(
-            lambda: sum(committed(infer_settings).values()) >= (100 if shipped else 300),
+            lambda: enriched_count(infer_settings) >= (100 if shipped else 300),
             120,
-            "the first worker to make progress",
+            "the first worker to deliver enriched records",
         )
-        time.sleep(1.5)  # between two auto-commits: delivered but not yet committed records exist
         if how == "SIGKILL":
             first.kill()
             assert first.wait(10) == -signal.SIGKILL
@@ -543,10 +533,15 @@ def test_a_worker_stopped_mid_stream_and_restarted_loses_nothing(
             first.kill()
             first.wait(10)
         feeder.join(120)
+    by_first = enriched_ids(infer_settings)
     at_stop = sum(committed(infer_settings).values())
+    if how == "SIGKILL":
+        assert at_stop == 0, "the killed worker committed offsets: its replay below is no longer certain"
+    else:
+        assert at_stop == by_first.total(), "a drained worker commits everything it delivered"
     produce_posts(infer_settings, after_stop)
 
-    second = start_process(infer_settings, log)
+    second = start_process(infer_settings, log)  # the default auto-commit interval: it commits as it goes
     try:
         wait_for(
             lambda: committed(infer_settings) == high_watermarks(infer_settings),
@@ -564,9 +559,14 @@ def test_a_worker_stopped_mid_stream_and_restarted_loses_nothing(
     duplicates = sum(c - 1 for c in ids.values())
     record_property("duplicates", duplicates)
     print(
-        f"\n{how}: {len(posts)} posts, committed {at_stop} at the stop, {duplicates} duplicates after restart"
+        f"\n{how}: {len(posts)} posts, {by_first.total()} enriched and {at_stop} committed by the first "
+        f"worker, {duplicates} duplicates after restart"
     )
     assert not missing, f"{len(missing)} posts lost, e.g. {sorted(missing)[:3]}"
     assert set(ids) == {p.id for p in posts}
-    if how == "SIGTERM":
+    if how == "SIGKILL":
+        not_replayed = [i for i in by_first if ids[i] < 2]
+        assert not not_replayed, f"delivered, never committed, yet not replayed: {not_replayed[:3]}"
+        assert duplicates >= by_first.total() > 0
+    else:
         assert duplicates == 0, "a drained worker committed what it produced: a restart must not repeat it"

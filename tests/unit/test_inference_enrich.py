@@ -6,26 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schemas import Author, EnrichedPost, Entity, ModelRef, RawPost, Sentiment, WatchMatch, decode, encode
+from schemas import EnrichedPost, Entity, ModelRef, Sentiment, WatchMatch, decode, encode
+from tests.factories import post_factory
 from workers.inference.enrich import decode_post, enrich
 
 pytestmark = pytest.mark.timeout(30)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 MODELS = (ModelRef(task="sentiment", name="s", version="1"), ModelRef(task="ner", name="n", version="1"))
-
-
-def post_factory(text: str = "Acme Cloud is down again", **kw: object) -> RawPost:
-    fields: dict = {
-        "id": "test:1",
-        "platform": "test",
-        "author": Author(id="a1", handle="ann"),
-        "text": text,
-        "created_at": NOW,
-        "ingested_at": NOW,
-        **kw,
-    }
-    return RawPost(**fields)
 
 
 def test_decode_post_round_trips_and_names_the_bad_field() -> None:
@@ -43,7 +31,7 @@ def test_decode_post_round_trips_and_names_the_bad_field() -> None:
 
 
 def test_enrich_keeps_everything_in_one_record_that_survives_the_codec() -> None:
-    post = post_factory()
+    post = post_factory(text="Acme Cloud is down again")
     sentiment = Sentiment(label="negative", scores={"negative": 0.8, "neutral": 0.15, "positive": 0.05})
     entity = Entity(type="company", text="Acme Cloud", start=0, end=10, normalized="acme cloud", score=0.9)
     match = WatchMatch(term="Acme", kind="brand", text="Acme Cloud", start=0, end=10)
@@ -54,7 +42,7 @@ def test_enrich_keeps_everything_in_one_record_that_survives_the_codec() -> None
 
 
 def test_enrich_drops_entities_whose_offsets_do_not_point_at_their_text() -> None:
-    post = post_factory("hi Acme")
+    post = post_factory(text="hi Acme")
     good = Entity(type="company", text="Acme", start=3, end=7, normalized="acme", score=0.9)
     shifted = Entity(type="company", text="Acme", start=2, end=6, normalized="acme", score=0.9)
     outside = Entity(type="company", text="Acme", start=30, end=34, normalized="acme", score=0.9)
