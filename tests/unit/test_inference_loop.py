@@ -275,7 +275,9 @@ def test_a_slow_model_pauses_the_partitions_and_bounds_what_is_in_flight() -> No
     worker, consumer, _ = make(
         {0: [post_bytes(i) for i in range(n // 2)], 1: [post_bytes(i + n) for i in range(n // 2)]},
         producer=producer,
-        model=FakeModel(delay=0.01),
+        # 50 ms a micro-batch: the tokeniser queue stays full for longer than the worker's 20 ms
+        # wait for room (with 10 ms it sometimes emptied in time, and nothing was ever paused)
+        model=FakeModel(delay=0.05),
         queue_batches=1,
         pause_after_ms=0,
         queue_micro_batches=1,
