@@ -109,6 +109,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _pipeline_stages(args: argparse.Namespace, settings: Settings) -> list[Stage]:
     """Every stage that is part of this build, wired to the sample stream, in pipeline order."""
     stages = []
+    if importlib.util.find_spec("streams") is not None:
+        stages.append(Stage("streams", pulse_command("streams", "--http-port", "0")))
     if importlib.util.find_spec("workers.inference") is not None:
         stages.append(Stage("inference", pulse_command("infer", "--watchlist", str(args.watchlist))))
     if importlib.util.find_spec("workers.ingest") is not None:

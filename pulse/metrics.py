@@ -29,6 +29,11 @@ QUEUE_DEPTH = Gauge(
     "pulse_queue_depth", "Items waiting in an internal or producer queue.", ["stage", "queue"]
 )
 CONSUMER_LAG = Gauge("pulse_consumer_lag", "High watermark minus position.", ["stage", "topic", "partition"])
+WATERMARK_LAG = Gauge(
+    "pulse_watermark_lag_seconds",
+    "Wall clock minus the event-time watermark of the partitions owned.",
+    ["stage"],
+)
 
 
 class _Handler(BaseHTTPRequestHandler):

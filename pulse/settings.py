@@ -196,6 +196,54 @@ class InferenceSettings(_Section):
     )
 
 
+class StreamsSettings(_Section):
+    """The streams stage: trend counts in Redis from posts.enriched (faust-streaming)."""
+
+    group_id: str = Field(
+        "pulse-streams", description="Consumer group (faust app id) shared by every streams process."
+    )
+    batch_size: int = Field(
+        10_000, ge=1, description="Records per batch applied to Redis (faust take_events)."
+    )
+    batch_within_s: float = Field(1.0, gt=0, description="Longest wait to fill a batch.")
+    lateness_s: int = Field(
+        30,
+        ge=0,
+        description="Allowed lateness: a post more than this behind its partition's newest event time is "
+        "late (dead-lettered with reason 'late', not counted).",
+    )
+    idle_after_s: int = Field(
+        10,
+        ge=1,
+        description="A partition without records for this long lets windows close on the wall clock.",
+    )
+    shards: int = Field(
+        1, ge=1, le=1024, description="Term shards (Redis Cluster hash tags). Fixed for the life of the data."
+    )
+    sample_size: int = Field(50, ge=1, description="Recent posts kept per watched brand and keyword.")
+    sample_ttl_s: int = Field(
+        86_400, ge=60, description="Sample post texts expire this long after their last write (privacy)."
+    )
+    redis_retry_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a batch waits for Redis to come back before the process exits non-zero.",
+    )
+    http_host: str = Field(
+        "127.0.0.1", description="Address of /metrics and /healthz (0.0.0.0 in a container)."
+    )
+    http_port: int = Field(9103, ge=0, description="Port of /metrics and /healthz; 0 picks a free one.")
+    stream_buffer_maxsize: int = Field(
+        131_072, ge=1, description="faust stream_buffer_maxsize (records buffered per partition)."
+    )
+    max_poll_records: int = Field(10_000, ge=1, description="faust broker_max_poll_records.")
+    instance_id: str | None = Field(
+        None,
+        description="Static group membership (group.instance.id), unique per streams process: a restarted "
+        "process gets its partitions back at once (the local broker never expires a killed member).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything a Social Pulse process can be told. Built once per process, passed down."""
 
@@ -213,6 +261,7 @@ class Settings(BaseSettings):
     local: LocalSettings = LocalSettings()
     ingest: IngestSettings = IngestSettings()
     inference: InferenceSettings = InferenceSettings()
+    streams: StreamsSettings = StreamsSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: key=value lines; json: one object."

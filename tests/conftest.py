@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse import services, topics
+from pulse import redis_client, services, topics
 from pulse.settings import Settings, load
 from tests.harness import free_port
 
@@ -39,8 +39,10 @@ def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sett
 
 
 @pytest.fixture
-def fresh_settings(services_settings: Settings) -> Callable[..., Settings]:
-    """A factory: settings with topic names and a Redis key prefix unique to this call, topics created."""
+def fresh_settings(services_settings: Settings) -> Iterator[Callable[..., Settings]]:
+    """A factory: settings with topic names and a Redis key prefix unique to this call, topics created;
+    the Redis keys under that prefix are deleted after the test."""
+    made: list[Settings] = []
 
     def make(**overrides: object) -> Settings:
         suffix = uuid.uuid4().hex[:8]
@@ -54,9 +56,18 @@ def fresh_settings(services_settings: Settings) -> Callable[..., Settings]:
             base[section] = {**base.get(section, {}), **values} if isinstance(values, dict) else values
         settings = Settings(**base)
         topics.provision(settings)
+        made.append(settings)
         return settings
 
-    return make
+    yield make
+    # This test's Redis keys go with it (the machine's Redis is shared by every test run).
+    for settings in made:
+        client = redis_client.client(settings)
+        try:
+            for key in client.scan_iter(match=f"{settings.redis.key_prefix}:*", count=1000):
+                client.delete(key)
+        finally:
+            client.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pulse.settings import Settings
 
 # Settings sections a child `pulse` process must take from the test, never from the caller's shell.
-_SECTIONS = ("KAFKA__", "REDIS__", "TOPICS__", "LOCAL__", "INGEST__", "INFERENCE__")
+_SECTIONS = ("KAFKA__", "REDIS__", "TOPICS__", "LOCAL__", "INGEST__", "INFERENCE__", "STREAMS__")
 
 
 def free_port() -> int:

@@ -1,0 +1,246 @@
+"""The trend store's write side: one Lua call per shard per batch, effectively once. The Redis shell.
+
+The Lua script first checks, for every input partition in the write, that the shard's applied offset
+is below the write's first offset; only then does it apply the increments, sample posts and TTLs and
+record the new applied offset and partition clock, all in the one atomic call. A write that overlaps
+what the shard already holds (a zombie after a rebalance, a stale cache) applies nothing and answers
+``conflict``: the caller reloads the offsets and plans the batch again. So a record is counted in a
+shard exactly once, whatever crashes, rebalances or replays happen around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+import redis
+
+from streams.aggregate import Applied, Plan, Record, ShardWrite, part_field, plan_batch
+from streams.keys import Keys
+from streams.watermark import PartitionClock
+
+log = logging.getLogger("pulse.streams")
+
+# KEYS[1]: the shard's offsets hash. ARGV[1]: the write as JSON (see _payload).
+# Every other key it touches carries KEYS[1]'s hash tag (same cluster slot).
+APPLY = """
+local w = cjson.decode(ARGV[1])
+local off = KEYS[1]
+for _, part in ipairs(w.parts) do
+  local stored = redis.call('HGET', off, part[1])
+  if stored and tonumber(stored) >= part[2] then
+    return {'conflict', part[1], stored}
+  end
+end
+for _, z in ipairs(w.z) do
+  local key, m = z[1], z[2]
+  for i = 1, #m, 2 do redis.call('ZINCRBY', key, m[i + 1], m[i]) end
+end
+for _, h in ipairs(w.h) do
+  local key, f = h[1], h[2]
+  for i = 1, #f, 2 do redis.call('HINCRBY', key, f[i], f[i + 1]) end
+end
+for _, a in ipairs(w.pf) do
+  local key, els = a[1], a[2]
+  for i = 1, #els, 500 do redis.call('PFADD', key, unpack(els, i, math.min(i + 499, #els))) end
+end
+for _, s in ipairs(w.s) do
+  local index, docs, cap, items = s[1], s[2], s[3], s[4]
+  for i = 1, #items, 3 do
+    redis.call('ZADD', index, items[i + 1], items[i])
+    redis.call('HSET', docs, items[i], items[i + 2])
+  end
+  local n = redis.call('ZCARD', index)
+  if n > cap then
+    local old = redis.call('ZRANGE', index, 0, n - cap - 1)
+    redis.call('ZREMRANGEBYRANK', index, 0, n - cap - 1)
+    for i = 1, #old, 500 do redis.call('HDEL', docs, unpack(old, i, math.min(i + 499, #old))) end
+  end
+end
+for _, t in ipairs(w.t) do redis.call('EXPIRE', t[1], t[2]) end
+for _, part in ipairs(w.parts) do
+  redis.call('HSET', off, part[1], part[3], part[1] .. ':maxev', part[4], part[1] .. ':seen', part[5])
+end
+return {'ok'}
+"""
+
+
+class Conflict(RuntimeError):
+    """A shard already holds records of this write: reload its offsets and plan again."""
+
+
+def _payload(write: ShardWrite, sample_size: int) -> bytes:
+    return orjson.dumps(
+        {
+            "parts": [[name, *v] for name, v in write.parts.items()],
+            "z": [
+                [key, [x for m, n in members.items() for x in (m, n)]] for key, members in write.zincr.items()
+            ],
+            "h": [
+                [key, [x for f, n in fields.items() for x in (f, n)]] for key, fields in write.hincr.items()
+            ],
+            "pf": [[key, sorted(els)] for key, els in write.pfadd.items()],
+            "s": [
+                [
+                    index,
+                    docs,
+                    sample_size,
+                    [x for pid, (ms, doc) in items.items() for x in (pid, ms, doc.decode())],
+                ]
+                for (index, docs), items in write.samples.items()
+            ],
+            "t": [[key, ttl] for key, ttl in write.ttl.items()],
+        }
+    )
+
+
+@dataclass
+class BatchResult:
+    plan: Plan
+    conflicts: int
+
+
+class RedisTrendStore:
+    """Applies batches to Redis and keeps, per shard and input partition, what Redis has applied.
+
+    The cache (``applied``) is loaded with ``load`` for the partitions this process owns (on
+    assignment) and updated after each successful write; Redis stays the source of truth, and a
+    write planned from a stale cache is refused by the script (``Conflict``), never double-counted.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        lateness_ms: int,
+        sample_size: int,
+        sample_ttl_s: int,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.lateness_ms = lateness_ms
+        self.sample_size = sample_size
+        self.sample_ttl_s = sample_ttl_s
+        self.applied: dict[int, dict[tuple[str, int], Applied]] = {s: {} for s in range(keys.shards)}
+        self._apply = client.register_script(APPLY)
+
+    def load(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """Read the shards' applied offsets for ``partitions``; the offset to resume each from (the
+        lowest any shard needs: applied + 1), or None where no shard has applied anything yet."""
+        tps = list(partitions)
+        resume: dict[tuple[str, int], int | None] = {}
+        if not tps:
+            return resume
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            fields = [
+                f
+                for tp in tps
+                for f in (part_field(*tp), f"{part_field(*tp)}:maxev", f"{part_field(*tp)}:seen")
+            ]
+            pipe.hmget(self.keys.offsets(shard), fields)
+        answers = pipe.execute()
+        for shard, values in enumerate(answers):
+            held = self.applied[shard]
+            for i, tp in enumerate(tps):
+                offset, maxev, seen = values[3 * i : 3 * i + 3]
+                if offset is None:
+                    held.pop(tp, None)
+                    continue
+                clock = (
+                    PartitionClock(int(maxev), int(seen)) if maxev is not None and int(maxev) > 0 else None
+                )
+                held[tp] = Applied(int(offset), clock)
+        for tp in tps:
+            offsets = [
+                self.applied[s][tp].offset if tp in self.applied[s] else None for s in range(self.keys.shards)
+            ]
+            resume[tp] = (
+                None if all(o is None for o in offsets) else min(-1 if o is None else o for o in offsets) + 1
+            )
+        return resume
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Partitions this process no longer owns: their cache goes (a new owner reloads it)."""
+        for tp in partitions:
+            for held in self.applied.values():
+                held.pop(tp, None)
+
+    def plan(self, records: Sequence[Record], wall_ms: int) -> Plan:
+        return plan_batch(
+            records,
+            self.applied,
+            self.keys,
+            self.lateness_ms,
+            wall_ms,
+            self.sample_size,
+            self.sample_ttl_s,
+        )
+
+    def apply(
+        self,
+        records: Sequence[Record],
+        wall_ms: int,
+        before_write: Callable[[Plan], None] | None = None,
+    ) -> BatchResult:
+        """Count ``records`` (in consumption order) into every shard, exactly once.
+
+        ``before_write`` sees each plan before anything is written (the stage delivers the plan's
+        dead letters there, so a record's offset is applied only once its dead letter is safe). A
+        plan that conflicts with what Redis holds is planned again after reloading the offsets (a
+        conflict means another process wrote these partitions, which a rebalance makes rare).
+        """
+        conflicts = 0
+        tps = {(r.topic, r.partition) for r in records}
+        while True:
+            plan = self.plan(records, wall_ms)
+            if before_write is not None:
+                before_write(plan)
+            try:
+                for shard, write in plan.writes.items():
+                    if not write.empty:
+                        self._write(shard, write)
+                return BatchResult(plan, conflicts)
+            except Conflict as exc:
+                conflicts += 1
+                if conflicts > 5:
+                    raise
+                log.warning(
+                    "applied offsets moved under us: reloading",
+                    extra={"stage": "streams", "detail": str(exc)},
+                )
+                self.load(tps)
+
+    def _write(self, shard: int, write: ShardWrite) -> None:
+        answer = self._apply(keys=[self.keys.offsets(shard)], args=[_payload(write, self.sample_size)])
+        status = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
+        if status == "conflict":
+            raise Conflict(f"shard {shard} {answer[1]!r} already at {answer[2]!r}")
+        held = self.applied[shard]
+        for name, (_first, last, maxev, seen) in write.parts.items():
+            topic, _, partition = name.rpartition(":")
+            held[(topic, int(partition))] = Applied(last, PartitionClock(maxev, seen) if maxev else None)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def clocks_in(client: redis.Redis, keys: Keys) -> Mapping[str, PartitionClock]:
+    """Every input partition's clock as the shards recorded it (the newest per partition)."""
+    out: dict[str, PartitionClock] = {}
+    for shard in range(keys.shards):
+        raw = client.hgetall(keys.offsets(shard))
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        for name, value in fields.items():
+            if not name.endswith(":maxev"):
+                continue
+            part = name[: -len(":maxev")]
+            seen = int(fields.get(f"{part}:seen", "0"))
+            clock = PartitionClock(int(value), seen)
+            if int(value) > 0 and (part not in out or out[part].seen_wall_ms < seen):
+                out[part] = clock
+    return out

@@ -1,0 +1,133 @@
+"""The trend store against real Redis: exact counts, replays change nothing, a stale writer is refused."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pulse import redis_client
+from pulse.settings import Settings
+from schemas import Sentiment, WatchMatch, encode
+from schemas.views import read_enriched
+from streams.aggregate import Record
+from streams.keys import Keys
+from streams.read import TrendReader
+from streams.store import RedisTrendStore
+from tests.factories import enriched_factory, post_factory
+
+pytestmark = pytest.mark.timeout(120)
+TOPIC = "posts.enriched"
+LABELS = ("negative", "neutral", "positive")
+
+
+def batch(n: int, start: datetime, seed: int = 1, partitions: int = 2) -> list[Record]:
+    rng = random.Random(seed)
+    out, next_offset = [], dict.fromkeys(range(partitions), 0)
+    for i in range(n):
+        label = rng.choice(LABELS)
+        brand = rng.choice(("Acme", "Globex", None))
+        post = post_factory(
+            id=f"t:{seed}:{i}",
+            created_at=start + timedelta(milliseconds=137 * i),
+            hashtags=tuple(rng.sample(("deals", "launch", "outage", "tech"), 2)),
+            platform=rng.choice(("bluesky", "mastodon")),
+        )
+        enriched = enriched_factory(
+            post,
+            sentiment=Sentiment(label=label, scores={label: 0.9}),
+            entities=(),
+            matches=(WatchMatch(term=brand, kind="brand", text=brand, start=0, end=len(brand)),)
+            if brand
+            else (),
+        )
+        partition = i % partitions
+        value = encode(enriched)
+        out.append(Record(TOPIC, partition, next_offset[partition], value, view=read_enriched(value)))
+        next_offset[partition] += 1
+    return out
+
+
+def expected(records: list[Record], kind: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for r in records:
+        assert r.view is not None
+        if kind == "hashtag":
+            counts.update(set(r.view.post.hashtags))
+        else:
+            counts.update({m.term for m in r.view.matches if m.kind == kind})
+    return counts
+
+
+def stores(settings: Settings, shards: int) -> tuple[RedisTrendStore, TrendReader]:
+    client = redis_client.client(settings)
+    keys = Keys(settings.redis.key_prefix, shards=shards)
+    store = RedisTrendStore(client, keys, lateness_ms=30_000, sample_size=5, sample_ttl_s=600)
+    return store, TrendReader(client, keys)
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_counts_are_exact_and_a_replay_changes_nothing(settings: Settings, shards: int) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    records = batch(600, start)
+    store, reader = stores(settings, shards)
+    assert store.load([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): None, (TOPIC, 1): None}
+    result = store.apply(records[:250], wall_ms=1)
+    store.apply(records[250:], wall_ms=2)
+    assert result.plan.counted == 250
+    window = reader.window(3600)
+    want = expected(records, "hashtag")
+    assert dict(reader.top("hashtag", window, 10)) == dict(want)
+    assert reader.counts("brand", ["Acme", "Globex", "Initech"], window) == {
+        "Acme": expected(records, "brand")["Acme"],
+        "Globex": expected(records, "brand")["Globex"],
+        "Initech": 0,
+    }
+    mix = reader.sentiment("brand", ["Acme"], window)["Acme"]
+    assert sum(mix.values()) == expected(records, "brand")["Acme"]
+    assert reader.totals(window)["n"] == 600
+
+    # A crash before the consumer committed: the same records come again, to a fresh process.
+    again, _ = stores(settings, shards)
+    assert again.load([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): 300, (TOPIC, 1): 300}
+    replay = again.apply(records, wall_ms=3)
+    assert replay.plan.counted == 0 and replay.plan.skipped == 600
+    assert dict(reader.top("hashtag", window, 10)) == dict(want)
+    assert reader.totals(window)["n"] == 600
+
+
+def test_a_writer_with_a_stale_view_of_the_offsets_is_refused_and_counts_stay_exact(
+    settings: Settings,
+) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    records = batch(400, start, partitions=1)
+    new_owner, reader = stores(settings, shards=2)
+    zombie, _ = stores(settings, shards=2)
+    new_owner.load([(TOPIC, 0)])
+    zombie.load([(TOPIC, 0)])
+    zombie.apply(records[:200], wall_ms=1)  # the old owner, not yet told it lost the partition
+    # The new owner's cache says nothing is applied: its write overlaps, is refused, reloaded, redone.
+    result = new_owner.apply(records[100:300], wall_ms=2)
+    assert result.conflicts == 1 and result.plan.counted == 100  # only 200..299 were new
+    zombie.apply(records[200:300], wall_ms=3)  # late: all already applied
+    assert dict(reader.top("hashtag", reader.window(3600), 10)) == dict(expected(records[:300], "hashtag"))
+
+
+def test_watched_terms_keep_platforms_authors_coterms_and_bounded_samples(settings: Settings) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    records = batch(300, start, partitions=1)
+    store, reader = stores(settings, shards=1)
+    store.load([(TOPIC, 0)])
+    store.apply(records, wall_ms=1)
+    acme = [r for r in records if r.view and any(m.term == "Acme" for m in r.view.matches)]
+    summary = reader.summary("brand", "Acme", reader.window(3600))
+    assert summary.count == len(acme)
+    assert sum(summary.platforms.values()) == len(acme) and set(summary.platforms) <= {"bluesky", "mastodon"}
+    assert summary.languages == {"en": len(acme)}
+    assert summary.authors == len({r.view.post.author.id for r in acme if r.view})  # HLL: exact when small
+    co = Counter(tag for r in acme if r.view for tag in set(r.view.post.hashtags))
+    assert set(summary.co_terms) == {("hashtag", tag, n) for tag, n in co.items()}
+    newest = sorted(acme, key=lambda r: r.offset)[-5:]
+    assert [s["id"] for s in summary.samples] == [r.view.post.id for r in reversed(newest) if r.view]
