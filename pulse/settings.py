@@ -23,6 +23,7 @@ def _split_commas(value: object) -> object:
 
 # A list that reads from the environment as "a,b,c" (JSON arrays would be unkind to type in a shell).
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
+CommaInts = Annotated[tuple[int, ...], NoDecode, BeforeValidator(_split_commas)]
 
 
 class _Section(BaseModel):
@@ -220,7 +221,9 @@ class StreamsSettings(_Section):
     shards: int = Field(
         1, ge=1, le=1024, description="Term shards (Redis Cluster hash tags). Fixed for the life of the data."
     )
-    sample_size: int = Field(50, ge=1, description="Recent posts kept per watched brand and keyword.")
+    sample_size: int = Field(
+        10, ge=1, description="Sample posts kept per watched brand and keyword and minute (the newest)."
+    )
     sample_ttl_s: int = Field(
         86_400, ge=60, description="Sample post texts expire this long after their last write (privacy)."
     )
@@ -237,11 +240,66 @@ class StreamsSettings(_Section):
         131_072, ge=1, description="faust stream_buffer_maxsize (records buffered per partition)."
     )
     max_poll_records: int = Field(10_000, ge=1, description="faust broker_max_poll_records.")
+    detectors: bool = Field(
+        True,
+        description="Run trending and alerts on this process while it owns partition 0 of posts.enriched "
+        "(false: counting only).",
+    )
     instance_id: str | None = Field(
         None,
         description="Static group membership (group.instance.id), unique per streams process: a restarted "
         "process gets its partitions back at once (the local broker never expires a killed member).",
     )
+
+
+class TrendSettings(_Section):
+    """Trending terms: each term's count in a window against its own baseline (the streams stage)."""
+
+    windows: CommaInts = Field(
+        (300, 3600), description="Window sizes in seconds a TrendSnapshot is published for, every step."
+    )
+    step_s: int = Field(
+        10, ge=10, description="Snapshots (and alert checks) every this many seconds of event time."
+    )
+    baseline_windows: int = Field(
+        12, ge=2, description="Past windows of the same size the baseline (EWMA) is computed from."
+    )
+    ewma_alpha: float = Field(
+        0.3, gt=0, le=1, description="Weight of the most recent past window in the baseline."
+    )
+    min_count: int = Field(5, ge=1, description="Terms with fewer mentions in the window are not scored.")
+    min_score: float = Field(2.0, description="Velocity z-score a term needs to be listed as trending.")
+    top_k: int = Field(20, ge=1, le=200, description="Terms per kind in a snapshot.")
+    candidates: int = Field(200, ge=1, description="Terms per kind scored each step (the most mentioned).")
+
+
+class AlertSettings(_Section):
+    """Spike alerts on watched brands and keywords (the streams stage raises them)."""
+
+    window_s: int = Field(300, ge=10, description="Window the alert metrics are read over (seconds).")
+    baseline_s: int = Field(3600, ge=60, description="Period before the window the baseline is read from.")
+    min_volume: int = Field(30, ge=1, description="Mentions in the window an alert needs.")
+    min_baseline_volume: int = Field(
+        50, ge=1, description="Mentions in the baseline period a sentiment baseline needs (else: all posts')."
+    )
+    min_share_delta: float = Field(
+        0.15, ge=0, le=1, description="Sentiment alerts: how far above its baseline the share must be."
+    )
+    min_volume_ratio: float = Field(
+        2.0, ge=1, description="Volume alerts: mentions / baseline mentions needed."
+    )
+    z: float = Field(
+        4.0,
+        gt=0,
+        description="Sensitivity: the z-score an alert needs (lower = more alerts; every step tests every "
+        "subject, so 3 raises chance alerts on quiet subjects).",
+    )
+    cooldown_s: int = Field(
+        1800,
+        ge=0,
+        description="After an alert, the same kind for the same subject waits this long (event time).",
+    )
+    samples: int = Field(5, ge=0, le=50, description="Sample posts carried as evidence.")
 
 
 class Settings(BaseSettings):
@@ -262,6 +320,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     inference: InferenceSettings = InferenceSettings()
     streams: StreamsSettings = StreamsSettings()
+    trends: TrendSettings = TrendSettings()
+    alerts: AlertSettings = AlertSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: key=value lines; json: one object."
@@ -331,7 +391,7 @@ def reference() -> list[tuple[str, str, str]]:
             if isinstance(default, Path):
                 default = default.relative_to(REPO_ROOT) if default.is_relative_to(REPO_ROOT) else default
             if isinstance(default, tuple):
-                default = ",".join(default)
+                default = ",".join(map(str, default))
             shown = "" if default is None else "{}" if default == {} else str(default)
             rows.append((f"{prefix}{name.upper()}", shown, field.description or ""))
 

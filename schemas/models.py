@@ -174,8 +174,17 @@ class TrendSnapshot(_Message):
 
 
 class SamplePost(_Message):
+    """A post shown as an example (alert evidence, a brand's recent posts). Text is untrusted: render it
+    as text, never as markup."""
+
     id: NonEmptyStr
     text: str
+    sentiment: str | None = Field(default=None, description="The post's sentiment label.")
+    negative: Probability | None = Field(default=None, description="Probability of 'negative'.")
+    positive: Probability | None = Field(default=None, description="Probability of 'positive'.")
+    platform: str | None = None
+    author: str | None = Field(default=None, description="The author's handle, when the platform gives one.")
+    created_at: UtcDatetime | None = None
 
 
 class TermCount(_Message):
@@ -184,27 +193,62 @@ class TermCount(_Message):
     count: Annotated[int, Field(ge=0)]
 
 
+class NameCount(_Message):
+    name: NonEmptyStr
+    count: Annotated[int, Field(ge=0)]
+
+
+AlertKind = Literal["negative_sentiment", "positive_sentiment", "volume"]
+
+
 class Evidence(_Message):
-    counts: SentimentCounts
-    baseline_share: Probability = Field(description="The subject's usual negative share.")
-    samples: tuple[SamplePost, ...] = ()
-    co_terms: tuple[TermCount, ...] = Field(default=(), description="Terms seen with the subject.")
+    """Why an alert fired, so a person can judge it without opening another tool."""
+
+    counts: SentimentCounts = Field(description="The subject's mentions in the window, by sentiment.")
+    mentions: Annotated[int, Field(ge=0)] = Field(description="The subject's mentions in the window.")
+    baseline_mentions: Annotated[float, Field(ge=0.0)] = Field(
+        description="Mentions an equally long window had on average over the baseline period."
+    )
+    baseline_share: Probability = Field(
+        description="The share of the alert's sentiment over the baseline period (negative for "
+        "negative_sentiment, positive for positive_sentiment; negative for volume)."
+    )
+    baseline_window: Window = Field(description="The period the baseline was read from.")
+    samples: tuple[SamplePost, ...] = Field(
+        default=(),
+        description="Posts from the window: most negative first for negative_sentiment, most "
+        "positive first for positive_sentiment, newest first for volume.",
+    )
+    co_terms: tuple[TermCount, ...] = Field(
+        default=(), description="Terms seen with the subject, most first."
+    )
+    platforms: tuple[NameCount, ...] = ()
+    languages: tuple[NameCount, ...] = ()
+    authors: Annotated[int, Field(ge=0)] = Field(0, description="Distinct authors in the window (estimate).")
 
 
 class Alert(_Message):
-    """A detected anomaly with its evidence, on the ``alerts`` topic (key: ``id``)."""
+    """A detected anomaly with its evidence, on the ``alerts`` topic (key: ``id``).
 
-    schema_version: Literal[1] = 1
+    Version 2 (was 1): kinds ``negative_sentiment`` (v1's ``sentiment_spike``), ``positive_sentiment``
+    and ``volume``; ``metric`` says what ``observed`` and ``baseline`` measure; richer evidence.
+    """
+
+    schema_version: Literal[2] = 2
     id: NonEmptyStr = Field(description="Deterministic: the same spike in the same window, the same id.")
-    kind: Literal["sentiment_spike"]
+    kind: AlertKind
     subject: NonEmptyStr
-    subject_kind: TermKind
+    subject_kind: Literal["brand", "keyword"]
     window: Window
-    observed: Probability = Field(description="Negative share in the window.")
-    baseline: Probability = Field(description="Negative share the subject usually has.")
-    score: float = Field(description="Binomial z-score of observed against baseline.")
+    metric: Literal["negative_share", "positive_share", "mentions"]
+    observed: Annotated[float, Field(ge=0.0)] = Field(description="The metric in the window.")
+    baseline: Annotated[float, Field(ge=0.0)] = Field(description="The metric's usual value for the subject.")
+    score: float = Field(
+        description="z-score of observed against baseline (binomial for shares, Poisson for mentions)."
+    )
+    effect: float = Field(description="observed - baseline for shares; observed / baseline for mentions.")
     evidence: Evidence
-    created_at: UtcDatetime
+    created_at: UtcDatetime = Field(description="When the detector raised it (wall clock).")
 
 
 class DeadLetter(_Message):

@@ -10,7 +10,8 @@ applied offset: a poison record never blocks its partition.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import heapq
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import orjson
 
 from schemas import DecodeError
 from schemas.views import EnrichedView
-from streams.buckets import RESOLUTIONS, RETENTION_S, bucket_start
+from streams.buckets import RESOLUTIONS, RETENTION_S
 from streams.keys import SEP, Keys, shard_of
 from streams.terms import WATCHED, post_terms
 from streams.watermark import PartitionClock, advance, is_late
@@ -59,6 +60,9 @@ class ShardWrite:
         default_factory=lambda: defaultdict(dict)
     )
     ttl: dict[str, int] = field(default_factory=dict)
+    caps: dict[str, int] = field(
+        default_factory=dict
+    )  # sorted sets trimmed to their top n after the increments
     posts: int = 0  # posts counted in this shard (shard 0 counts every post in its totals)
 
     @property
@@ -91,34 +95,35 @@ def plan_batch(
 ) -> Plan:
     """The per-shard writes for ``records`` (in consumption order) given what each shard holds."""
     shards = keys.shards
-    writes = {s: ShardWrite() for s in range(shards)}
+    all_shards = list(range(shards))
+    acc = {s: _Acc() for s in all_shards}
+    writes = {s: ShardWrite() for s in all_shards}
     clocks: dict[tuple[str, int], PartitionClock | None] = {}
     late: list[Record] = []
     dead: list[Record] = []
     counted = skipped = 0
-    # Per partition: the lowest offset any shard still needs, and the clock as of that point.
+    # Per partition: each shard's applied offset, the lowest of them, and the clock as of that point.
+    held_by: dict[tuple[str, int], list[int]] = {}
     floor: dict[tuple[str, int], int] = {}
+    uniform: dict[tuple[str, int], bool] = {}
     for record in records:
         tp = (record.topic, record.partition)
         if tp not in floor:
-            held = [applied.get(s, {}).get(tp) for s in range(shards)]
+            held = [applied.get(s, {}).get(tp) for s in all_shards]
             offsets = [h.offset if h is not None else -1 for h in held]
-            low = min(range(shards), key=offsets.__getitem__)
-            floor[tp] = offsets[low]
+            low = min(all_shards, key=offsets.__getitem__)
+            held_by[tp], floor[tp], uniform[tp] = offsets, offsets[low], len(set(offsets)) == 1
             lowest = held[low]
             clocks[tp] = lowest.clock if lowest is not None else None
-        if record.offset <= floor[tp]:
+        offset = record.offset
+        if offset <= floor[tp]:
             skipped += 1
             continue
-        in_shard = [
-            s
-            for s in range(shards)
-            if record.offset > (h.offset if (h := applied.get(s, {}).get(tp)) is not None else -1)
-        ]
+        in_shard = all_shards if uniform[tp] else [s for s in all_shards if offset > held_by[tp][s]]
+        name = part_field(*tp)
         for s in in_shard:
-            name = part_field(*tp)
-            first = writes[s].parts[name][0] if name in writes[s].parts else record.offset
-            writes[s].parts[name] = (first, record.offset, 0, wall_ms)  # clock filled in below
+            parts = writes[s].parts
+            parts[name] = (parts[name][0] if name in parts else offset, offset, 0, wall_ms)  # clock below
         view = record.view
         if view is None:
             dead.append(record)
@@ -129,9 +134,11 @@ def plan_batch(
             late.append(record)
             continue
         clocks[tp] = advance(clock, event_ms, wall_ms)
-        if 0 in in_shard:
+        if in_shard is all_shards or 0 in in_shard:
             counted += 1
-        _count(view, event_ms, in_shard, writes, keys, sample_size, sample_ttl_s)
+        _count(view, event_ms, in_shard, acc, shards, sample_size)
+    for shard, write in writes.items():
+        _roll_up(acc[shard], write, shard, keys, sample_size, sample_ttl_s)
     final = {tp: c for tp, c in clocks.items() if c is not None}
     for write in writes.values():
         for name, (first, last, _, seen) in list(write.parts.items()):
@@ -141,74 +148,135 @@ def plan_batch(
     return Plan(writes, final, late, dead, counted, skipped)
 
 
+@dataclass(slots=True)
+class _Acc:
+    """One shard's counts for a batch at the finest bucket width, before they are rolled up.
+
+    Keys are tuples of plain values, one Counter increment per post per structure: the field names and
+    every wider bucket are made once per batch, in ``_roll_up``.
+    """
+
+    totals: Counter[tuple[int, str, str, str]] = field(
+        default_factory=Counter
+    )  # bucket, label, platform, lang
+    mix: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)  # kind, term, bucket, label
+    watch: Counter[tuple[str, str, int, str, str]] = field(default_factory=Counter)  # ..., platform, lang
+    co: Counter[tuple[str, str, int, str, str]] = field(default_factory=Counter)  # ..., co-term kind, term
+    authors: dict[tuple[str, str, int], set[str]] = field(default_factory=lambda: defaultdict(set))
+    # (kind, term, minute) -> {post id: (event ms, post)}
+    samples: dict[tuple[str, str, int], dict[str, tuple[int, EnrichedView]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    posts: int = 0
+
+
+_FINE = RESOLUTIONS[0]
+# Co-occurring terms of watched terms: per-minute and per-hour buckets only, and at most this many
+# co-terms per bucket (the most frequent): enough for evidence and summaries, bounded in memory.
+CO_RESOLUTIONS: tuple[int, ...] = (60, 3600)
+CO_RETENTION_S: dict[int, int] = {60: 2 * 3600 + 600, 3600: 8 * 86400}
+CO_TERMS_KEPT = 200
+# Sample posts are kept per watched term and minute (up to STREAMS__SAMPLE_SIZE each, the newest): a
+# window's evidence is found whenever it is read, however busy the term was after it.
+SAMPLE_BUCKET_S = 60
+
+
 def _count(
     view: EnrichedView,
     event_ms: int,
     in_shard: list[int],
-    writes: dict[int, ShardWrite],
-    keys: Keys,
+    acc: dict[int, _Acc],
+    shards: int,
     sample_size: int,
-    sample_ttl_s: int,
 ) -> None:
+    """One post into the fine-bucket accumulators of the shards that need it."""
     post = view.post
     label = view.sentiment.label
-    platform, lang, author = post.platform, post.lang, post.author.id
+    platform, lang = post.platform, post.lang
+    bucket = (event_ms // 1000) // _FINE * _FINE
+    minute = (event_ms // 1000) // SAMPLE_BUCKET_S * SAMPLE_BUCKET_S
+    if in_shard[0] == 0:
+        acc[0].totals[(bucket, label, platform, lang)] += 1
     terms = post_terms(view)
-    shards = keys.shards
-    owners = [shard_of(kind, term, shards) for kind, term in terms]
-    for res in RESOLUTIONS:
-        bucket = bucket_start(event_ms, res)
-        ttl = RETENTION_S[res]
-        if 0 in in_shard:
-            totals = keys.totals(res, bucket)
-            w0 = writes[0]
-            t = w0.hincr[totals]
-            t["n"] += 1
-            t[f"s{SEP}{label}"] += 1
-            t[f"p{SEP}{platform}"] += 1
-            t[f"l{SEP}{lang}"] += 1
-            w0.ttl[totals] = ttl
-        for (kind, term), shard in zip(terms, owners, strict=True):
-            if shard not in in_shard:
-                continue
-            write = writes[shard]
-            top = keys.top(shard, kind, res, bucket)
-            mix = keys.mix(shard, kind, res, bucket)
-            write.zincr[top][term] += 1
-            write.hincr[mix][f"{term}{SEP}{label}"] += 1
-            write.ttl[top] = write.ttl[mix] = ttl
-            if kind not in WATCHED:
-                continue
-            watch = keys.watch(shard, kind, res, bucket)
-            w = write.hincr[watch]
-            w[f"{term}{SEP}p{SEP}{platform}"] += 1
-            w[f"{term}{SEP}l{SEP}{lang}"] += 1
-            authors = keys.authors(shard, kind, res, bucket, term)
-            write.pfadd[authors].add(author)
-            write.ttl[watch] = write.ttl[authors] = ttl
-            co = [f"{k}{SEP}{t}" for k, t in terms if (k, t) != (kind, term)]
-            if co:
-                coterms = keys.coterms(shard, kind, res, bucket, term)
-                z = write.zincr[coterms]
-                for member in co:
-                    z[member] += 1
-                write.ttl[coterms] = ttl
-    doc: bytes | None = None
-    for (kind, term), shard in zip(terms, owners, strict=True):
-        if kind not in WATCHED or shard not in in_shard:
+    for kind, term in terms:
+        shard = shard_of(kind, term, shards) if shards > 1 else 0
+        if shard not in in_shard:
             continue
-        if doc is None:
-            doc = sample_doc(view)
-        write = writes[shard]
-        index, docs = keys.sample_index(shard, kind, term), keys.sample_docs(shard, kind, term)
-        held = write.samples[(index, docs)]
-        held[post.id] = (event_ms, doc)
-        if len(held) > 2 * sample_size:  # keep the batch's payload bounded: the newest win in Redis
-            for stale in sorted(held, key=lambda pid: held[pid][0])[: len(held) - sample_size]:
+        a = acc[shard]
+        a.mix[(kind, term, bucket, label)] += 1
+        if kind not in WATCHED:
+            continue
+        a.watch[(kind, term, bucket, platform, lang)] += 1
+        a.authors[(kind, term, bucket)].add(post.author.id)
+        co = a.co
+        for k, t in terms:
+            if t != term or k != kind:
+                co[(kind, term, bucket, k, t)] += 1
+        held = a.samples[(kind, term, minute)]
+        held[post.id] = (event_ms, view)
+        if len(held) > 4 * sample_size:  # bounded while counting; the newest are chosen in _roll_up
+            for stale in heapq.nsmallest(len(held) - sample_size, held, key=lambda pid: held[pid][0]):
                 del held[stale]
-        write.ttl[index] = write.ttl[docs] = sample_ttl_s
     for s in in_shard:
-        writes[s].posts += 1
+        acc[s].posts += 1
+
+
+class _KeyCache:
+    """Bucket keys of one shard and width, each formatted once per batch (a handful, used per entry)."""
+
+    def __init__(self, keys: Keys, shard: int, res: int, ttl: dict[str, int], keep: int) -> None:
+        self.keys, self.shard, self.res, self.ttl, self.keep = keys, shard, res, ttl, keep
+        self.names: dict[tuple[str, str, int], str] = {}
+
+    def get(self, structure: str, kind: str, bucket: int) -> str:
+        name = self.names.get((structure, kind, bucket))
+        if name is None:
+            name = getattr(self.keys, structure)(self.shard, kind, self.res, bucket)
+            self.names[(structure, kind, bucket)] = name
+            self.ttl[name] = self.keep
+        return name
+
+
+def _roll_up(a: _Acc, write: ShardWrite, shard: int, keys: Keys, sample_size: int, sample_ttl_s: int) -> None:
+    """The shard's fine-bucket counts, summed into every bucket width, as the write's increments."""
+    write.posts = a.posts
+    zincr, hincr, ttl, pfadd = write.zincr, write.hincr, write.ttl, write.pfadd
+    for res in RESOLUTIONS:
+        keep = RETENTION_S[res]
+        key = _KeyCache(keys, shard, res, ttl, keep)
+        if shard == 0:
+            for (bucket, label, platform, lang), n in a.totals.items():
+                name = keys.totals(res, bucket // res * res)
+                fields = hincr[name]
+                fields["n"] += n
+                fields[f"s{SEP}{label}"] += n
+                fields[f"p{SEP}{platform}"] += n
+                fields[f"l{SEP}{lang}"] += n
+                ttl[name] = keep
+        for (kind, term, bucket, label), n in a.mix.items():
+            b = bucket // res * res
+            zincr[key.get("top", kind, b)][term] += n
+            hincr[key.get("mix", kind, b)][f"{term}{SEP}{label}"] += n
+        for (kind, term, bucket, platform, lang), n in a.watch.items():
+            fields = hincr[key.get("watch", kind, bucket // res * res)]
+            fields[f"{term}{SEP}p{SEP}{platform}"] += n
+            fields[f"{term}{SEP}l{SEP}{lang}"] += n
+        for (kind, term, bucket), authors in a.authors.items():
+            name = keys.authors(shard, kind, res, bucket // res * res, term)
+            pfadd[name] |= authors
+            ttl[name] = keep
+        if res in CO_RESOLUTIONS:
+            for (kind, term, bucket, k, t), n in a.co.items():
+                name = keys.coterms(shard, kind, res, bucket // res * res, term)
+                zincr[name][f"{k}{SEP}{t}"] += n
+                ttl[name] = CO_RETENTION_S[res]
+                write.caps[name] = CO_TERMS_KEPT
+    for (kind, term, minute), held in a.samples.items():
+        index = keys.sample_index(shard, kind, term, minute)
+        docs = keys.sample_docs(shard, kind, term, minute)
+        newest = heapq.nlargest(sample_size, held.items(), key=lambda item: item[1][0])
+        write.samples[(index, docs)] = {pid: (ms, sample_doc(view)) for pid, (ms, view) in newest}
+        ttl[index] = ttl[docs] = sample_ttl_s
 
 
 def sample_doc(view: EnrichedView) -> bytes:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -37,7 +37,9 @@ from schemas import DeadLetter, DecodeError
 from schemas.views import read_enriched
 from streams import STAGE
 from streams.aggregate import Plan, Record
+from streams.detect import Detector
 from streams.keys import Keys
+from streams.read import TrendReader
 from streams.store import RedisTrendStore
 from streams.watermark import watermark
 
@@ -147,6 +149,10 @@ class BatchProcessor:
             clocks, int(self.clock() * 1000), self.cfg.lateness_s * 1000, self.cfg.idle_after_s * 1000
         )
 
+    def guarded(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn`` with the same bounded retries on Redis as a batch (the detectors' tick)."""
+        return self._redis(what, fn)
+
     # -- a batch ----------------------------------------------------------------------------------------
     def process(self, records: list[Record]) -> Plan | None:
         """Apply one batch (records in consumption order); the plan that was written."""
@@ -226,7 +232,23 @@ class BatchProcessor:
         )
 
 
-def faust_app(settings: Settings, processor: BatchProcessor, owned: set[TP]) -> Any:
+class Processor(Protocol):
+    """What the faust app hands its batches and rebalances to (``BatchProcessor``; the bench's no-op)."""
+
+    def assigned(self, tps: Iterable[TP]) -> dict[TP, int | None]: ...
+
+    def revoked(self, tps: Iterable[TP]) -> None: ...
+
+    def process(self, records: list[Record]) -> object: ...
+
+    def resume_offset(self, tp: TP) -> int | None: ...
+
+    def watermark_ms(self) -> int | None: ...
+
+
+def faust_app(
+    settings: Settings, processor: Processor, owned: set[TP], detect: Callable[[], None] | None = None
+) -> Any:
     """The faust app: one agent (concurrency 1) over posts.enriched, raw bytes, batches off the loop."""
     import faust
     import mode
@@ -306,6 +328,14 @@ def faust_app(settings: Settings, processor: BatchProcessor, owned: set[TP]) -> 
         state["stopping"] = True
         await idle.wait()
 
+    if detect is not None:
+
+        @app.timer(1.0)
+        async def detect_on_leader() -> None:
+            # The owner of partition 0 runs the detectors: one leader per group, handed over with it.
+            if (topic_name, 0) in owned and not state["stopping"]:
+                await asyncio.to_thread(detect)
+
     @app.timer(5.0)
     async def report_lag() -> None:
         tps = [tp for tp in app.consumer.assignment() if tp.topic == topic_name]
@@ -346,8 +376,8 @@ def faust_app(settings: Settings, processor: BatchProcessor, owned: set[TP]) -> 
     return app
 
 
-def run(settings: Settings) -> int:
-    """Run one streams process until SIGTERM/SIGINT (exit 0 after the batch in hand) or a failure (1)."""
+def run_worker(app: Any) -> int:
+    """Run a faust app in this process until it stops; its exit code (1 when the agent crashed)."""
     import faust
 
     class Worker(faust.Worker):
@@ -362,20 +392,25 @@ def run(settings: Settings) -> int:
             self._watchdog.daemon = True
             self._watchdog.start()
 
-        def run(self) -> int:
-            try:
-                self.execute_from_commandline()  # always raises SystemExit
-            except SystemExit as exc:
-                code = exc.code
-                return code if isinstance(code, int) else (0 if code is None else 1)
-            finally:
-                if self._watchdog is not None:
-                    self._watchdog.cancel()
-            return 0
-
     for name in ("faust", "mode", "aiokafka"):
         if logging.getLogger().level > logging.DEBUG:
             logging.getLogger(name).setLevel(logging.WARNING)
+    # override_logging=False: the worker leaves the root logger as pulse configured it
+    worker = Worker(app, loglevel="INFO", override_logging=False, redirect_stdouts=False, quiet=True)
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()  # always raises SystemExit
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        if worker._watchdog is not None:
+            worker._watchdog.cancel()
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """Run one streams process until SIGTERM/SIGINT (exit 0 after the batch in hand) or a failure (1)."""
     keys = Keys(settings.redis.key_prefix, shards=settings.streams.shards)
     client = redis_client.client(settings, socket_timeout=10, socket_connect_timeout=5)
     store = RedisTrendStore(
@@ -388,7 +423,15 @@ def run(settings: Settings) -> int:
     producer = kafka.producer(settings, STAGE)
     processor = BatchProcessor(settings, store, producer)
     owned: set[TP] = set()
-    app = faust_app(settings, processor, owned)
+    reader = TrendReader(
+        client,
+        keys,
+        lateness_ms=settings.streams.lateness_s * 1000,
+        idle_after_ms=settings.streams.idle_after_s * 1000,
+    )
+    detector = Detector(settings, reader, client, keys, producer)
+    detect = (lambda: processor.guarded("detectors", detector.tick)) if settings.streams.detectors else None
+    app = faust_app(settings, processor, owned, detect=detect)
     server = metrics.serve(settings.streams.http_host, settings.streams.http_port, processor.health.ok)
     log.info(
         "streams started",
@@ -400,10 +443,8 @@ def run(settings: Settings) -> int:
             "metrics": f"{server.server_address[0]!s}:{server.server_address[1]}",
         },
     )
-    worker = Worker(app, loglevel="INFO", override_logging=False, redirect_stdouts=False, quiet=True)
-    worker.spinner = None
     try:
-        code = worker.run()
+        code = run_worker(app)
     finally:
         server.shutdown()
         producer.flush(10)

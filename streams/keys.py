@@ -10,6 +10,7 @@ posts) live in shard 0. ``STREAMS__SHARDS`` is 1 by default: everything in one s
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -22,13 +23,18 @@ def shard_of(kind: str, term: str, shards: int) -> int:
     return zlib.crc32(f"{kind}{SEP}{term}".encode()) % shards if shards > 1 else 0
 
 
+@functools.lru_cache(maxsize=4096)
+def _tag(prefix: str, shard: int) -> str:
+    return f"{prefix}:{{s{shard}}}"
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str
     shards: int = 1
 
     def tag(self, shard: int) -> str:
-        return f"{self.prefix}:{{s{shard}}}"
+        return _tag(self.prefix, shard)
 
     # -- per shard: written by the streams stage, one Lua call per batch ---------------------------
     def offsets(self, shard: int) -> str:
@@ -59,13 +65,13 @@ class Keys:
         """HASH of all posts in a bucket: ``n``, ``s SEP label``, ``p SEP platform``, ``l SEP lang``."""
         return f"{self.tag(0)}:t:{res}:{bucket}"
 
-    def sample_index(self, shard: int, kind: str, term: str) -> str:
-        """ZSET post id → event time (ms) of a watched term's recent posts (bounded, newest kept)."""
-        return f"{self.tag(shard)}:sz:{_KIND[kind]}:{term}"
+    def sample_index(self, shard: int, kind: str, term: str, minute: int) -> str:
+        """ZSET post id → event time (ms) of a watched term's posts in one minute (bounded, newest kept)."""
+        return f"{self.tag(shard)}:sz:{_KIND[kind]}:{minute}:{term}"
 
-    def sample_docs(self, shard: int, kind: str, term: str) -> str:
+    def sample_docs(self, shard: int, kind: str, term: str, minute: int) -> str:
         """HASH post id → the sample post (JSON: id, text, sentiment, platform, author handle, time)."""
-        return f"{self.tag(shard)}:sd:{_KIND[kind]}:{term}"
+        return f"{self.tag(shard)}:sd:{_KIND[kind]}:{minute}:{term}"
 
     def scratch(self, shard: int, name: str) -> str:
         """A temporary key in a shard's slot, for a read that merges buckets server-side."""
@@ -87,6 +93,10 @@ class Keys:
     def snapshot(self, window_s: int) -> str:
         """STRING: the latest TrendSnapshot of a window size, as published."""
         return f"{self.prefix}:trends:{window_s}"
+
+    def events(self) -> str:
+        """STREAM of published snapshots and alerts (``type``, ``data``), capped: server-sent events."""
+        return f"{self.prefix}:events"
 
     def detector_state(self) -> str:
         """HASH: the detectors' progress (last window end evaluated per window size)."""

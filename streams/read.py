@@ -18,6 +18,7 @@ import orjson
 import redis
 
 from schemas import SENTIMENT_LABELS
+from streams.aggregate import CO_RESOLUTIONS, SAMPLE_BUCKET_S
 from streams.buckets import RESOLUTIONS, Window, window_ending
 from streams.keys import SEP, Keys, shard_of
 from streams.store import clocks_in
@@ -146,22 +147,40 @@ class TrendReader:
         return out
 
     def sentiment(self, kind: str, terms: Sequence[str], window: Window) -> dict[str, dict[str, int]]:
-        """Per term, mentions by sentiment label in ``window``."""
+        """Per term, mentions by sentiment label in ``window``: one HMGET per bucket and shard."""
         out: dict[str, dict[str, int]] = {t: dict.fromkeys(SENTIMENT_LABELS, 0) for t in terms}
         if not terms:
             return out
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for term in terms:
+            by_shard[shard_of(kind, term, self.keys.shards)].append(term)
         pipe = self.client.pipeline(transaction=False)
         order = []
-        for term in terms:
-            shard = shard_of(kind, term, self.keys.shards)
-            fields = [f"{term}{SEP}{label}" for label in SENTIMENT_LABELS]
+        for shard, members in by_shard.items():
+            fields = [f"{term}{SEP}{label}" for term in members for label in SENTIMENT_LABELS]
+            pairs = [(term, label) for term in members for label in SENTIMENT_LABELS]
             for b in window.buckets():
                 pipe.hmget(self.keys.mix(shard, kind, window.res, b), fields)
-                order.append(term)
-        for term, values in zip(order, pipe.execute(), strict=True):
-            for label, value in zip(SENTIMENT_LABELS, values, strict=True):
-                out[term][label] += _int(value)
+                order.append(pairs)
+        for pairs, values in zip(order, pipe.execute(), strict=True):
+            for (term, label), value in zip(pairs, values, strict=True):
+                if value is not None:
+                    out[term][label] += _int(value)
         return out
+
+    def history(self, kind: str, terms: Sequence[str], window: Window, count: int) -> dict[str, list[int]]:
+        """Each term's mentions in the ``count`` windows of ``window``'s size before it, oldest first, read
+        from the coarsest buckets that divide the size (1 h windows from 1 h buckets): a baseline needs
+        the level, not the exact edges, so the past windows end at the last such bucket edge."""
+        res = max(r for r in RESOLUTIONS if window.size % r == 0)
+        end = window.start // res * res
+        per_window = window.size // res
+        buckets = list(range(end - count * window.size, end, res))
+        counts = self.bucket_counts(kind, terms, res, buckets)
+        return {
+            term: [sum(values[i : i + per_window]) for i in range(0, len(values), per_window)]
+            for term, values in counts.items()
+        }
 
     def top_terms(self, kind: str, window: Window, k: int) -> list[TermStats]:
         """Top-k with sentiment mix."""
@@ -203,6 +222,14 @@ class TrendReader:
                 out[name.decode()] += _int(value)
         return dict(out)
 
+    def covered_s(self, window: Window) -> int:
+        """Seconds of ``window`` the store has posts in (buckets with at least one post, times their width):
+        a baseline read over a period the stream did not cover yet would look like silence."""
+        pipe = self.client.pipeline(transaction=False)
+        for b in window.buckets():
+            pipe.hget(self.keys.totals(window.res, b), "n")
+        return sum(window.res for n in pipe.execute() if n)
+
     def summary(self, kind: str, term: str, window: Window, co_terms: int = 10, samples: int = 10) -> Summary:
         """A watched term in ``window``: volume, sentiment, platforms, languages, reach, co-terms, samples."""
         shard = shard_of(kind, term, self.keys.shards)
@@ -223,7 +250,9 @@ class TrendReader:
                 (platforms if what == "p" else languages)[which] += _int(value)
         author_keys = [self.keys.authors(shard, kind, window.res, b, term) for b in buckets]
         authors = int(self.client.pfcount(*author_keys)) if author_keys else 0
-        co_keys = [self.keys.coterms(shard, kind, window.res, b, term) for b in buckets]
+        co_res = next(r for r in CO_RESOLUTIONS if r >= window.res)  # co-terms: per minute or per hour
+        co_start, co_end = window.start // co_res * co_res, -(-window.end // co_res) * co_res
+        co_keys = [self.keys.coterms(shard, kind, co_res, b, term) for b in range(co_start, co_end, co_res)]
         raw = self._top(keys=[self.keys.scratch(shard, "co"), *co_keys], args=[co_terms, 1])
         co = []
         for i in range(0, len(raw), 2):
@@ -246,22 +275,35 @@ class TrendReader:
     def samples(
         self, kind: str, term: str, limit: int = 10, since_ms: int | None = None, until_ms: int | None = None
     ) -> list[dict[str, object]]:
-        """The newest sample posts of a watched term (within the time range, when given), newest first."""
+        """Sample posts of a watched term from ``[since_ms, until_ms)`` (default: the hour before the newest
+        event), newest first, at most ``limit``: read minute by minute from the end."""
         shard = shard_of(kind, term, self.keys.shards)
-        index = self.keys.sample_index(shard, kind, term)
-        ids = self.client.zrange(
-            index,
-            "+inf" if until_ms is None else f"({until_ms}",
-            "-inf" if since_ms is None else since_ms,
-            byscore=True,
-            desc=True,
-            offset=0,
-            num=limit,
-        )
-        if not ids:
-            return []
-        docs = self.client.hmget(self.keys.sample_docs(shard, kind, term), [_bytes(i) for i in ids])
-        return [orjson.loads(d) for d in docs if d is not None]
+        until = until_ms if until_ms is not None else (self.now_s() * 1000)
+        since = since_ms if since_ms is not None else until - 3_600_000
+        minutes = list(range((until - 1) // 60_000 * 60, since // 60_000 * 60 - 1, -SAMPLE_BUCKET_S))
+        out: list[dict[str, object]] = []
+        for start in range(0, len(minutes), 15):  # 15 minutes a round trip, until enough are found
+            chunk = minutes[start : start + 15]
+            pipe = self.client.pipeline(transaction=False)
+            for minute in chunk:
+                pipe.zrange(
+                    self.keys.sample_index(shard, kind, term, minute),
+                    f"({until}",
+                    since,
+                    byscore=True,
+                    desc=True,
+                    offset=0,
+                    num=limit - len(out),
+                )
+            found = [(m, ids) for m, ids in zip(chunk, pipe.execute(), strict=True) if ids]
+            pipe = self.client.pipeline(transaction=False)
+            for minute, ids in found:
+                pipe.hmget(self.keys.sample_docs(shard, kind, term, minute), [_bytes(i) for i in ids])
+            for docs in pipe.execute():
+                out += [orjson.loads(d) for d in docs if d is not None]
+                if len(out) >= limit:
+                    return out[:limit]
+        return out
 
     # -- detectors' records ---------------------------------------------------------------------------
     def snapshot(self, window_s: int) -> bytes | None:

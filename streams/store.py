@@ -59,6 +59,10 @@ for _, s in ipairs(w.s) do
     for i = 1, #old, 500 do redis.call('HDEL', docs, unpack(old, i, math.min(i + 499, #old))) end
   end
 end
+for _, c in ipairs(w.c) do
+  local n = redis.call('ZCARD', c[1])
+  if n > c[2] then redis.call('ZREMRANGEBYRANK', c[1], 0, n - c[2] - 1) end
+end
 for _, t in ipairs(w.t) do redis.call('EXPIRE', t[1], t[2]) end
 for _, part in ipairs(w.parts) do
   redis.call('HSET', off, part[1], part[3], part[1] .. ':maxev', part[4], part[1] .. ':seen', part[5])
@@ -91,6 +95,7 @@ def _payload(write: ShardWrite, sample_size: int) -> bytes:
                 ]
                 for (index, docs), items in write.samples.items()
             ],
+            "c": [[key, cap] for key, cap in write.caps.items()],
             "t": [[key, ttl] for key, ttl in write.ttl.items()],
         }
     )

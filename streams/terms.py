@@ -18,20 +18,12 @@ def entity_term(entity_type: str, normalized: str) -> str:
 
 def post_terms(view: EnrichedView) -> list[tuple[Kind, str]]:
     """The (kind, term) pairs a post counts towards, each once however often the post repeats it."""
-    out: list[tuple[Kind, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for tag in view.post.hashtags:
-        if tag and ("hashtag", tag) not in seen:
-            seen.add(("hashtag", tag))
-            out.append(("hashtag", tag))
-    for entity in view.entities:
-        term = entity_term(entity.type, entity.normalized)
-        if ("entity", term) not in seen:
-            seen.add(("entity", term))
-            out.append(("entity", term))
-    for match in view.matches:
-        kind = match.kind
-        if kind in WATCHED and (kind, match.term) not in seen:
-            seen.add((kind, match.term))
-            out.append((kind, match.term))  # type: ignore[arg-type]
+    out: list[tuple[Kind, str]] = [("hashtag", tag) for tag in dict.fromkeys(view.post.hashtags) if tag]
+    if view.entities:
+        out += [
+            ("entity", term)
+            for term in dict.fromkeys(entity_term(e.type, e.normalized) for e in view.entities)
+        ]
+    if view.matches:
+        out += [(m.kind, m.term) for m in dict.fromkeys(view.matches) if m.kind in WATCHED]  # type: ignore[misc]
     return out

@@ -14,6 +14,7 @@ from schemas import (
     Entity,
     Evidence,
     ModelRef,
+    NameCount,
     RawPost,
     SamplePost,
     Sentiment,
@@ -101,20 +102,31 @@ def snapshot_factory(**overrides: Any) -> TrendSnapshot:
 
 
 def alert_factory(**overrides: Any) -> Alert:
+    window = window_factory()
     fields: dict[str, Any] = {
-        "id": "sentiment_spike:brand:acme:2026-11-28T12:00:00Z:60",
-        "kind": "sentiment_spike",
-        "subject": "acme",
+        "id": "negative_sentiment:brand:Acme:2026-11-28T12:00:00Z:60",
+        "kind": "negative_sentiment",
+        "subject": "Acme",
         "subject_kind": "brand",
-        "window": window_factory(),
+        "window": window,
+        "metric": "negative_share",
         "observed": 0.5,
         "baseline": 0.12,
         "score": 6.3,
+        "effect": 0.38,
         "evidence": Evidence(
             counts=SentimentCounts(negative=60, neutral=40, positive=20),
+            mentions=120,
+            baseline_mentions=95.5,
             baseline_share=0.12,
-            samples=(SamplePost(id="test:1", text="Acme support is useless"),),
+            baseline_window=window_factory(size_s=3600, start=T0 - timedelta(hours=1)),
+            samples=(
+                SamplePost(id="test:1", text="Acme support is useless", sentiment="negative", negative=0.97),
+            ),
             co_terms=(TermCount(term="outage", kind="keyword", count=31),),
+            platforms=(NameCount(name="bluesky", count=80), NameCount(name="mastodon", count=40)),
+            languages=(NameCount(name="en", count=120),),
+            authors=97,
         ),
         "created_at": T0 + timedelta(minutes=2),
     }

@@ -129,5 +129,10 @@ def test_watched_terms_keep_platforms_authors_coterms_and_bounded_samples(settin
     assert summary.authors == len({r.view.post.author.id for r in acme if r.view})  # HLL: exact when small
     co = Counter(tag for r in acme if r.view for tag in set(r.view.post.hashtags))
     assert set(summary.co_terms) == {("hashtag", tag, n) for tag, n in co.items()}
-    newest = sorted(acme, key=lambda r: r.offset)[-5:]
-    assert [s["id"] for s in summary.samples] == [r.view.post.id for r in reversed(newest) if r.view]
+    # Samples: the newest 5 of each minute (the sample size), minutes newest first, 10 at most.
+    by_minute: dict[int, list[str]] = {}
+    for r in sorted(acme, key=lambda r: r.offset, reverse=True):
+        assert r.view is not None
+        by_minute.setdefault(int(r.view.post.created_at.timestamp()) // 60, []).append(r.view.post.id)
+    want = [pid for minute in sorted(by_minute, reverse=True) for pid in by_minute[minute][:5]][:10]
+    assert [s["id"] for s in summary.samples] == want

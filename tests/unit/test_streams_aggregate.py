@@ -55,7 +55,10 @@ def test_a_batch_becomes_one_increment_per_bucket_term_and_field() -> None:
     assert write.hincr[KEYS.mix(0, "brand", 10, bucket)] == {f"Acme{SEP}positive": 3}
     assert write.hincr[KEYS.totals(60, T0_MS // 1000 // 60 * 60)]["n"] == 3
     assert write.hincr[KEYS.watch(0, "brand", 10, bucket)][f"Acme{SEP}p{SEP}test"] == 3
-    assert write.zincr[KEYS.coterms(0, "brand", 10, bucket, "Acme")][f"hashtag{SEP}acme"] == 3
+    minute = T0_MS // 1000 // 60 * 60
+    assert write.zincr[KEYS.coterms(0, "brand", 60, minute, "Acme")][f"hashtag{SEP}acme"] == 3
+    assert KEYS.coterms(0, "brand", 10, bucket, "Acme") not in write.zincr  # co-terms: minutes and hours
+    assert write.caps[KEYS.coterms(0, "brand", 60, minute, "Acme")] == 200  # the most frequent kept
     assert len(write.pfadd[KEYS.authors(0, "brand", 10, bucket, "Acme")]) == 3
     assert write.parts == {"posts.enriched:0": (0, 2, T0_MS + 2000, 1)}
     assert p.counted == 3 and not p.late and not p.dead
@@ -94,13 +97,22 @@ def test_late_and_undecodable_records_are_not_counted_but_their_offsets_advance(
     assert p.writes[0].parts["posts.enriched:0"][:3] == (0, 3, T0_MS + 100_000)
 
 
-def test_sample_posts_of_watched_terms_are_kept_newest_first_and_bounded() -> None:
+def test_sample_posts_of_watched_terms_are_kept_per_minute_newest_first_and_bounded() -> None:
     records = [
-        record(i, seconds=i, sentiment=Sentiment(label="negative", scores={"negative": 0.9}))
+        record(i, seconds=50 + i, sentiment=Sentiment(label="negative", scores={"negative": 0.9}))
         for i in range(20)
-    ]
+    ]  # 12:00:50 to 12:01:09: two minutes
     samples = plan(records).writes[0].samples
-    (index, docs), held = next(iter(samples.items()))
-    assert index == KEYS.sample_index(0, "brand", "Acme") and docs == KEYS.sample_docs(0, "brand", "Acme")
-    assert len(held) <= 10  # at most twice the sample size travels; Redis keeps the newest 5
-    assert max(ms for ms, _ in held.values()) == T0_MS + 19_000
+    minute = T0_MS // 1000 // 60 * 60
+    first = samples[
+        (KEYS.sample_index(0, "brand", "Acme", minute), KEYS.sample_docs(0, "brand", "Acme", minute))
+    ]
+    later = samples[
+        (
+            KEYS.sample_index(0, "brand", "Acme", minute + 60),
+            KEYS.sample_docs(0, "brand", "Acme", minute + 60),
+        )
+    ]
+    assert len(first) == 5 and len(later) == 5  # the sample size, per minute: the newest of each
+    assert sorted(ms for ms, _ in first.values()) == [T0_MS + s * 1000 for s in range(55, 60)]
+    assert max(ms for ms, _ in later.values()) == T0_MS + 69_000
