@@ -325,6 +325,9 @@ class NoopProcessor:
     def watermark_ms(self) -> int | None:
         return None
 
+    def refresh_state(self, tps: list[tuple[str, int]]) -> None:
+        return None
+
 
 def noop_worker(progress: Path) -> int:
     """(child process) the no-op agent on the same faust app as ``pulse streams``."""
@@ -423,7 +426,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=200_000)
     parser.add_argument(
-        "--rounds", type=int, default=2, help="interleaved rounds of streams vs the no-op agent"
+        "--rounds", type=int, default=3, help="interleaved rounds of streams vs the no-op agent"
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "streams.json")
     parser.add_argument("--noop-worker", type=Path, default=None, help=argparse.SUPPRESS)

@@ -20,216 +20,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from confluent_kafka import KafkaError, Message, Producer
-
-from pulse import kafka, metrics, redis_client
-from pulse.retry import call_with_retries
+from pulse import metrics
 from pulse.settings import Settings
-from schemas import DeadLetter, DecodeError
-from schemas.views import read_enriched
 from streams import STAGE
-from streams.aggregate import Plan, Record
-from streams.detect import Detector
-from streams.keys import Keys
-from streams.read import TrendReader
-from streams.store import RedisTrendStore
-from streams.watermark import watermark
+from streams.aggregate import Record
 
 log = logging.getLogger("pulse.streams")
 
 EXIT_SHUTDOWN_HUNG = 3
+STALL_S = 10.0  # records left on a partition and no batch for this long: seek back (see watch_progress)
 TP = tuple[str, int]
-
-
-class DeliveryFailed(RuntimeError):
-    """A dead letter was not acknowledged by the broker: the batch is not applied (exit non-zero)."""
-
-
-@dataclass
-class Health:
-    """What /healthz reports: not healthy while Redis is away or after a failure."""
-
-    waiting_for: str | None = None
-    failed: str | None = None
-
-    def ok(self) -> bool:
-        return self.waiting_for is None and self.failed is None
-
-
-@dataclass
-class Counters:
-    batches: int = 0
-    counted: int = 0
-    late: int = 0
-    dead: int = 0
-    replayed: int = 0
-    owned: set[TP] = field(default_factory=set)
-
-
-class BatchProcessor:
-    """One faust batch at a time, on a worker thread: decode, dead-letter, apply to Redis once.
-
-    The I/O shell around ``RedisTrendStore``: transient Redis failures retry for up to
-    ``STREAMS__REDIS_RETRY_S`` and then raise (the process exits non-zero); late and undecodable
-    records go to the dead-letter topic and are delivered before their offsets are applied.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        store: RedisTrendStore,
-        producer: Producer,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.cfg = settings.streams
-        self.store = store
-        self.producer = producer
-        self.clock = clock
-        self.health = Health()
-        self.counters = Counters()
-        self._lock = threading.Lock()  # faust runs one batch at a time; rebalance handlers also call in
-
-    # -- Redis, with bounded retries ------------------------------------------------------------------
-    def _redis(self, what: str, fn: Callable[[], Any]) -> Any:
-        def sleep(seconds: float) -> None:
-            self.health.waiting_for = f"redis ({what})"
-            time.sleep(seconds)
-
-        try:
-            result = call_with_retries(
-                fn,
-                redis_client.TRANSIENT_ERRORS,
-                budget_s=self.cfg.redis_retry_s,
-                what=what,
-                sleep=sleep,
-                extra={"stage": STAGE},
-            )
-        except Exception as exc:
-            self.health.failed = str(exc)
-            raise
-        self.health.waiting_for = None
-        return result
-
-    # -- assignment -----------------------------------------------------------------------------------
-    def assigned(self, tps: Iterable[TP]) -> dict[TP, int | None]:
-        """Load what Redis has applied for newly owned partitions: the offset to resume each from."""
-        tps = list(tps)
-        with self._lock:
-            resume = self._redis("load offsets", lambda: self.store.load(tps))
-            self.counters.owned = set(tps)
-        return resume
-
-    def revoked(self, tps: Iterable[TP]) -> None:
-        with self._lock:
-            tps = list(tps)
-            self.store.forget(tps)
-            self.counters.owned -= set(tps)
-
-    def resume_offset(self, tp: TP) -> int | None:
-        """Where this process would resume ``tp``: the lowest applied offset over the shards, plus one."""
-        held = [shard.get(tp) for shard in self.store.applied.values()]
-        return None if any(h is None for h in held) else min(h.offset for h in held if h is not None) + 1
-
-    def watermark_ms(self) -> int | None:
-        """The event-time watermark of the partitions this process owns (for the lag gauge)."""
-        clocks = [h.clock for shard in self.store.applied.values() for h in shard.values() if h.clock]
-        if not clocks:
-            return None
-        return watermark(
-            clocks, int(self.clock() * 1000), self.cfg.lateness_s * 1000, self.cfg.idle_after_s * 1000
-        )
-
-    def guarded(self, what: str, fn: Callable[[], Any]) -> Any:
-        """``fn`` with the same bounded retries on Redis as a batch (the detectors' tick)."""
-        return self._redis(what, fn)
-
-    # -- a batch ----------------------------------------------------------------------------------------
-    def process(self, records: list[Record]) -> Plan | None:
-        """Apply one batch (records in consumption order); the plan that was written."""
-        if not records:
-            return None
-        started = time.perf_counter()
-        for record in records:
-            try:
-                record.view = read_enriched(record.value)
-            except DecodeError as exc:
-                record.error = exc
-        decoded = time.perf_counter()
-        wall_ms = int(self.clock() * 1000)
-        with self._lock:
-            result = self._redis(
-                "apply batch", lambda: self.store.apply(records, wall_ms, before_write=self._dead_letters)
-            )
-        plan = result.plan
-        applied = time.perf_counter()
-        c = self.counters
-        c.batches += 1
-        c.counted += plan.counted
-        c.late += len(plan.late)
-        c.dead += len(plan.dead)
-        c.replayed += plan.skipped
-        metrics.BATCH_SIZE.labels(STAGE).observe(len(records))
-        metrics.LATENCY.labels(STAGE, "decode").observe(decoded - started)
-        metrics.LATENCY.labels(STAGE, "apply").observe(applied - decoded)
-        for outcome, n in (
-            ("counted", plan.counted),
-            ("late", len(plan.late)),
-            ("dead_letter", len(plan.dead)),
-            ("replayed", plan.skipped),
-        ):
-            if n:
-                metrics.MESSAGES.labels(STAGE, outcome).inc(n)
-        if plan.late:
-            metrics.LATE_RECORDS.labels(STAGE).inc(len(plan.late))
-        if result.conflicts:
-            metrics.MESSAGES.labels(STAGE, "conflict").inc(result.conflicts)
-        return plan
-
-    def _dead_letters(self, plan: Plan) -> None:
-        """Deliver the plan's late and undecodable records to the DLQ before their offsets are applied."""
-        if not plan.late and not plan.dead:
-            return
-        now = datetime.now(UTC)
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                failures.append(err.str())
-
-        lateness = self.settings.streams.lateness_s
-        letters = [self._letter(r, "decode", str(r.error), now) for r in plan.dead] + [
-            self._letter(r, "late", f"event time more than the allowed lateness ({lateness} s) behind its "
-                         "partition's newest event time", now)
-            for r in plan.late
-        ]  # fmt: skip
-        for letter in letters:
-            kafka.publish_dead_letter(self.producer, self.settings.topics.dlq, letter, on_delivery=delivered)
-        left = self.producer.flush(self.settings.kafka.producer.delivery_timeout_ms / 1000)
-        if left or failures:
-            raise DeliveryFailed(f"{left or len(failures)} dead letters not delivered: {failures[:1]}")
-
-    def _letter(self, record: Record, reason: str, error: str, now: datetime) -> DeadLetter:
-        return DeadLetter(
-            stage=STAGE,
-            reason=reason,
-            error=error,
-            original=record.value or b"",
-            key=record.key,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            failed_at=now,
-        )
 
 
 class Processor(Protocol):
@@ -244,6 +51,8 @@ class Processor(Protocol):
     def resume_offset(self, tp: TP) -> int | None: ...
 
     def watermark_ms(self) -> int | None: ...
+
+    def refresh_state(self, tps: list[TP]) -> None: ...
 
 
 def faust_app(
@@ -277,6 +86,7 @@ def faust_app(
     idle = asyncio.Event()
     idle.set()
     state = {"stopping": False}
+    progress = {"batch_at": time.monotonic()}
 
     async def seek_to_redis(sender: Any, **kwargs: Any) -> None:
         consumer = app.consumer
@@ -337,17 +147,36 @@ def faust_app(
                 await asyncio.to_thread(detect)
 
     @app.timer(5.0)
-    async def report_lag() -> None:
+    async def watch_progress() -> None:
+        """Lag gauges, and a guard: faust can drop records it fetched during a rebalance (the consumer's
+        position moves past them, the agent never sees them). A partition with records left that has
+        had no batch for a while is sought back to what Redis has applied; seeking again is harmless
+        (records at or below the applied offset are not counted twice)."""
         tps = [tp for tp in app.consumer.assignment() if tp.topic == topic_name]
-        if not tps:
+        if not tps or app.rebalancing:
             return
         highs = await app.consumer.highwaters(*tps)
+        await asyncio.to_thread(processor.refresh_state, [(tp.topic, tp.partition) for tp in tps])
+        stalled = {}
         for tp in tps:
             resume = processor.resume_offset((tp.topic, tp.partition))
-            if resume is not None:
-                metrics.CONSUMER_LAG.labels(STAGE, tp.topic, str(tp.partition)).set(
-                    max(0, highs[tp] - resume)
-                )
+            if resume is None:
+                continue
+            lag = max(0, highs[tp] - resume)
+            metrics.CONSUMER_LAG.labels(STAGE, tp.topic, str(tp.partition)).set(lag)
+            if lag and time.monotonic() - progress["batch_at"] > STALL_S:
+                stalled[tp] = resume
+        if stalled and idle.is_set():
+            log.warning(
+                "partitions stalled with records left: seeking back to the applied offsets",
+                extra={
+                    "stage": STAGE,
+                    "partitions": ",".join(f"{tp.partition}@{o}" for tp, o in stalled.items()),
+                },
+            )
+            metrics.MESSAGES.labels(STAGE, "reseek").inc(len(stalled))
+            await app.consumer.seek_wait(stalled)
+            progress["batch_at"] = time.monotonic()
         mark = processor.watermark_ms()
         if mark is not None:
             metrics.WATERMARK_LAG.labels(STAGE).set(max(0.0, time.time() - mark / 1000))
@@ -371,6 +200,7 @@ def faust_app(
                 ]
                 await asyncio.to_thread(processor.process, records)
             finally:
+                progress["batch_at"] = time.monotonic()
                 idle.set()
 
     return app
@@ -411,28 +241,16 @@ def run_worker(app: Any) -> int:
 
 def run(settings: Settings) -> int:
     """Run one streams process until SIGTERM/SIGINT (exit 0 after the batch in hand) or a failure (1)."""
-    keys = Keys(settings.redis.key_prefix, shards=settings.streams.shards)
-    client = redis_client.client(settings, socket_timeout=10, socket_connect_timeout=5)
-    store = RedisTrendStore(
-        client,
-        keys,
-        lateness_ms=settings.streams.lateness_s * 1000,
-        sample_size=settings.streams.sample_size,
-        sample_ttl_s=settings.streams.sample_ttl_s,
-    )
-    producer = kafka.producer(settings, STAGE)
-    processor = BatchProcessor(settings, store, producer)
+    from streams.offload import Offloaded
+
+    # Until faust installs its own handlers, a stop request simply ends the process (nothing is in
+    # flight yet): without this, a SIGTERM during start-up killed it with -15.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_while_starting)
+    processor = Offloaded(settings)  # the counting process runs the detectors itself, while leader
     owned: set[TP] = set()
-    reader = TrendReader(
-        client,
-        keys,
-        lateness_ms=settings.streams.lateness_s * 1000,
-        idle_after_ms=settings.streams.idle_after_s * 1000,
-    )
-    detector = Detector(settings, reader, client, keys, producer)
-    detect = (lambda: processor.guarded("detectors", detector.tick)) if settings.streams.detectors else None
-    app = faust_app(settings, processor, owned, detect=detect)
-    server = metrics.serve(settings.streams.http_host, settings.streams.http_port, processor.health.ok)
+    app = faust_app(settings, processor, owned)
+    server = metrics.serve(settings.streams.http_host, settings.streams.http_port, processor.ok)
     log.info(
         "streams started",
         extra={
@@ -447,7 +265,7 @@ def run(settings: Settings) -> int:
         code = run_worker(app)
     finally:
         server.shutdown()
-        producer.flush(10)
+        processor.close()
     if processor.health.failed:
         log.error("streams failed", extra={"stage": STAGE, "error": processor.health.failed})
         code = code or 1
@@ -457,6 +275,10 @@ def run(settings: Settings) -> int:
         extra={"stage": STAGE, "batches": c.batches, "counted": c.counted, "late": c.late, "dead": c.dead},
     )
     return code
+
+
+def _stop_while_starting(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _hard_exit(grace_s: float) -> None:

@@ -45,7 +45,6 @@ from streams.keys import Keys
 from streams.read import TrendReader
 from streams.spikes import Finding, Rule, alert_id, baseline_share, cooled_down, sentiment_spike, volume_spike
 from streams.terms import KINDS
-from streams.trending import trending
 
 log = logging.getLogger("pulse.streams")
 
@@ -142,32 +141,16 @@ class Detector:
         window = window_ending(end_s, size)
         terms: list[TrendTerm] = []
         for kind in KINDS:
-            counts = dict(reader.top(kind, window, cfg.candidates, min_count=cfg.min_count))
-            if not counts:
-                continue
-            history = reader.history(kind, list(counts), window, cfg.baseline_windows)
-            best = trending(
-                counts,
-                history,
+            terms += reader.trending(
+                kind,
+                window,
+                k=cfg.top_k,
+                candidates=cfg.candidates,
+                baseline_windows=cfg.baseline_windows,
                 alpha=cfg.ewma_alpha,
                 min_count=cfg.min_count,
                 min_score=cfg.min_score,
-                k=cfg.top_k,
             )
-            mix = reader.sentiment(kind, [s.term for s in best], window)
-            terms += [
-                TrendTerm(
-                    term=s.term,
-                    kind=kind,
-                    count=s.count,
-                    baseline=s.baseline,
-                    score=s.score,
-                    sentiment=SentimentCounts(
-                        **{k: mix[s.term].get(k, 0) for k in ("negative", "neutral", "positive")}
-                    ),
-                )
-                for s in best
-            ]
         snapshot = TrendSnapshot(
             window=_window(window),
             final=final,

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import orjson
 import redis
 
-from schemas import SENTIMENT_LABELS
+from schemas import SENTIMENT_LABELS, SentimentCounts, TrendTerm
 from streams.aggregate import CO_RESOLUTIONS, SAMPLE_BUCKET_S
 from streams.buckets import RESOLUTIONS, Window, window_ending
 from streams.keys import SEP, Keys, shard_of
 from streams.store import clocks_in
+from streams.trending import trending
 from streams.watermark import PartitionClock, watermark
 
 # KEYS[1]: scratch key in the shard's slot; KEYS[2..]: bucket sets. ARGV[1]: k; ARGV[2]: minimum count.
@@ -182,6 +183,37 @@ class TrendReader:
             for term, values in counts.items()
         }
 
+    def trending(
+        self,
+        kind: str,
+        window: Window,
+        *,
+        k: int,
+        candidates: int,
+        baseline_windows: int,
+        alpha: float,
+        min_count: int,
+        min_score: float,
+    ) -> list[TrendTerm]:
+        """The ``k`` terms of ``kind`` rising fastest in ``window`` against their own baseline."""
+        counts = dict(self.top(kind, window, candidates, min_count=min_count))
+        if not counts:
+            return []
+        history = self.history(kind, list(counts), window, baseline_windows)
+        best = trending(counts, history, alpha=alpha, min_count=min_count, min_score=min_score, k=k)
+        mix = self.sentiment(kind, [s.term for s in best], window)
+        return [
+            TrendTerm(
+                term=s.term,
+                kind=kind,
+                count=s.count,
+                baseline=s.baseline,
+                score=s.score,
+                sentiment=SentimentCounts(**{label: mix[s.term].get(label, 0) for label in SENTIMENT_LABELS}),
+            )
+            for s in best
+        ]
+
     def top_terms(self, kind: str, window: Window, k: int) -> list[TermStats]:
         """Top-k with sentiment mix."""
         top = self.top(kind, window, k)
@@ -304,6 +336,12 @@ class TrendReader:
                 if len(out) >= limit:
                     return out[:limit]
         return out
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
 
     # -- detectors' records ---------------------------------------------------------------------------
     def snapshot(self, window_s: int) -> bytes | None:

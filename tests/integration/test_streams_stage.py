@@ -3,6 +3,7 @@ late records, idle partitions and a rebuild after Redis lost everything."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -138,7 +139,7 @@ def start(stream_settings: Settings, tmp_path: Path) -> Iterator[Callable[..., s
             "STREAMS__GROUP_ID": chosen.streams.group_id,
             "STREAMS__BATCH_SIZE": str(chosen.streams.batch_size),
             "STREAMS__BATCH_WITHIN_S": str(chosen.streams.batch_within_s),
-            "LOG_LEVEL": "INFO",
+            "LOG_LEVEL": os.environ.get("STREAMS_TEST_LOG_LEVEL", "INFO"),
         }
         if instance:
             extra["STREAMS__INSTANCE_ID"] = instance
@@ -196,8 +197,12 @@ def test_killed_twice_mid_stream_and_restarted_the_counts_stay_exact(
     assert stop(proc) == 0
 
 
+def logs_say(directory: Path, prefix: str, text: str) -> bool:
+    return any(text in log.read_text(errors="replace") for log in directory.glob(f"{prefix}*.log"))
+
+
 def test_a_rebalance_between_two_workers_leaves_the_counts_exact(
-    stream_settings: Settings, start: Callable[..., subprocess.Popen[bytes]]
+    stream_settings: Settings, start: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     now = datetime.now(UTC) - timedelta(minutes=3)
     values = generate(8000, now, seed=3, step_ms=10)
@@ -205,6 +210,11 @@ def test_a_rebalance_between_two_workers_leaves_the_counts_exact(
     first = start("a")
     wait_for("first batches", lambda: applied(stream_settings) >= 500, procs=(first,))
     second = start("b")  # joins: the partitions are split between the two
+    wait_for(
+        "the second joined",
+        lambda: logs_say(tmp_path, "streams-b-", '"partitions assigned"'),
+        procs=(first, second),
+    )
     produce(stream_settings, values[4000:])
     wait_for("more", lambda: applied(stream_settings) >= 6000, procs=(first, second))
     assert stop(second) == 0  # leaves: the first takes its partitions back
