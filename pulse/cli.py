@@ -11,18 +11,27 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pulse import logs, services, topics
+from pulse.addresses import port_open
 from pulse.settings import REPO_ROOT, Settings, load, markdown_reference, reference
 from pulse.supervisor import Stage, Supervisor, pulse_command
 
 log = logging.getLogger("pulse")
 
 # Modules with a ``register(subparsers)`` function; a stage that is not installed is simply absent.
-STAGE_COMMANDS = ("workers.ingest.cli", "workers.inference.cli", "workers.training.cli", "streams.cli")
+STAGE_COMMANDS = (
+    "workers.ingest.cli",
+    "workers.inference.cli",
+    "workers.training.cli",
+    "streams.cli",
+    "workers.api.cli",
+    "workers.notify.cli",
+)
 
 
 def _services(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,6 +89,13 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    api_url = f"http://{settings.api.host}:{settings.api.port}/"
+    if importlib.util.find_spec("workers.api") is not None:
+        if settings.api.port and port_open(settings.api.host, settings.api.port):
+            raise services.ServiceError(
+                f"port {settings.api.port} (the dashboard) is taken: stop what uses it, or set API__PORT"
+            )
+        print(f"dashboard: {api_url}   (the sample's spike on Globex shows there within two minutes)")
     before = services.read_state(settings)
     _up(settings, stop_hint=False)
     stages = _pipeline_stages(args, settings)
@@ -106,32 +122,51 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+# The sample stream replays ten minutes of event time at 2.5 times its pace (25 posts/s of a 10/s
+# recording: what two cores carry with every stage, the local broker and a browser), so its Globex
+# spike (event minutes 2:30 to 5:30) comes a minute in: short alert windows and baselines make it an
+# alert within two minutes of start. Production defaults are 5 min / 1 h.
+DEMO_DETECTORS = {
+    "ALERTS__WINDOW_S": "60",
+    "ALERTS__BASELINE_S": "240",
+    "ALERTS__COOLDOWN_S": "600",
+    "TRENDS__WINDOWS": "60,300",
+}
+
+
 def _pipeline_stages(args: argparse.Namespace, settings: Settings) -> list[Stage]:
-    """Every stage that is part of this build, wired to the sample stream, in pipeline order."""
+    """Every stage that is part of this build, wired to the sample stream, in pipeline order.
+
+    Each consumer gets a stable group instance id (static membership): the local broker never expires
+    a killed member, and a stage restarted under the same id gets its partitions back at once.
+    """
     stages = []
-    if importlib.util.find_spec("streams") is not None:
-        stages.append(Stage("streams", pulse_command("streams", "--http-port", "0")))
-    if importlib.util.find_spec("workers.inference") is not None:
-        stages.append(Stage("inference", pulse_command("infer", "--watchlist", str(args.watchlist))))
-    if importlib.util.find_spec("workers.ingest") is not None:
+    found = importlib.util.find_spec
+    if found("streams") is not None:
+        env = {**DEMO_DETECTORS, "STREAMS__INSTANCE_ID": "pulse-run-streams"}
         stages.append(
-            Stage(
-                "ingest",
-                pulse_command(
-                    "ingest",
-                    "file",
-                    str(args.sample),
-                    "--loop",
-                    "--retime",
-                    "--rate",
-                    f"{args.rate:g}",
-                    "--no-progress",
-                    "--metrics-port",
-                    "0",
-                ),
-            )
+            Stage("streams", pulse_command("streams", "--http-port", "0"), env={**env, **_own(env)})
         )
+    if found("workers.inference") is not None:
+        env = {"INFERENCE__INSTANCE_ID": "pulse-run-inference"}
+        argv = pulse_command("infer", "--watchlist", str(args.watchlist), "--http-port", "0")
+        stages.append(Stage("inference", argv, env=_own(env)))
+    if found("workers.ingest") is not None:
+        argv = pulse_command(
+            "ingest", "file", str(args.sample), "--loop", "--retime", "--rate", f"{args.rate:g}",
+            "--no-progress", "--metrics-port", "0",
+        )  # fmt: skip
+        stages.append(Stage("ingest", argv))
+    if found("workers.api") is not None:
+        stages.append(Stage("api", pulse_command("api")))
+    if found("workers.notify") is not None:
+        stages.append(Stage("notify", pulse_command("notify", "--http-port", "0")))
     return stages
+
+
+def _own(defaults: dict[str, str]) -> dict[str, str]:
+    """``defaults`` where the user's environment does not already say otherwise."""
+    return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:
@@ -181,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=REPO_ROOT / "infra" / "sample" / "watchlist.yaml",
         help="brands and keywords for inference (default: the sample stream's brands)",
     )
-    run.add_argument("--rate", type=float, default=50.0, help="posts per second from the sample (default 50)")
+    run.add_argument("--rate", type=float, default=25.0, help="posts per second from the sample (default 25)")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.add_argument(
         "--keep-services",

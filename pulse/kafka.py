@@ -125,6 +125,23 @@ def consumer(settings: Settings, stage: str, group_id: str, **overrides: Any) ->
     return Consumer(conf)
 
 
+def rest(consumer: Consumer, wait: Callable[[float], object], seconds: float) -> None:
+    """Stop fetching for ``seconds`` (pause the assignment, ``wait``, resume): for a consumer of a topic
+    that is mostly quiet, whose last ``consume`` came back empty. A broker that answers an empty fetch at
+    once instead of holding it for ``fetch.wait.max.ms`` (the local one does) would otherwise have
+    librdkafka re-fetch in a loop, a quarter of a core per idle consumer. Rebalances happen only inside
+    ``consume``/``poll``, so the assignment cannot change while paused."""
+    assigned = consumer.assignment()
+    if not assigned:
+        wait(seconds)
+        return
+    consumer.pause(assigned)
+    try:
+        wait(seconds)
+    finally:
+        consumer.resume(assigned)
+
+
 def _error_logger(stage: str) -> Callable[[KafkaError], None]:
     def on_error(err: KafkaError) -> None:
         # librdkafka retries transient errors itself; fatal ones end the process through the caller.

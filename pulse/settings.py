@@ -302,6 +302,39 @@ class AlertSettings(_Section):
     samples: int = Field(5, ge=0, le=50, description="Sample posts carried as evidence.")
 
 
+class ApiSettings(_Section):
+    """The query API and dashboard (``pulse api``)."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
+    port: int = Field(8080, ge=0, description="Port of the API and the dashboard (0: any).")
+    token: SecretStr | None = Field(
+        None, description="Bearer token /v1 requires (the dashboard asks for it once); unset: no auth."
+    )
+    max_k: int = Field(200, ge=1, description="Largest k a request may ask for.")
+    max_window_s: int = Field(7 * 86400, ge=60, description="Longest window a request may ask for.")
+    max_points: int = Field(500, ge=10, description="Most steps a timeline or share-of-voice answer has.")
+
+
+class NotifySettings(_Section):
+    """Alert delivery to webhooks (``pulse notify``)."""
+
+    group_id: str = Field("pulse-notify", description="Consumer group of the alerts topic.")
+    webhooks: CommaList = Field(
+        (),
+        description="Where alerts go: comma-separated URLs; 'slack+https://…' for a Slack incoming webhook, "
+        "plain https:// for a signed JSON POST.",
+    )
+    secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key for the X-Pulse-Signature header of JSON webhooks."
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Per request.")
+    retry_s: float = Field(
+        300.0, gt=0, description="How long one alert is retried (5xx, timeouts) before it is dead-lettered."
+    )
+    http_host: str = Field("127.0.0.1", description="Address of /metrics and /healthz.")
+    http_port: int = Field(9104, ge=0, description="Port of /metrics and /healthz; 0 picks a free one.")
+
+
 class Settings(BaseSettings):
     """Everything a Social Pulse process can be told. Built once per process, passed down."""
 
@@ -322,6 +355,8 @@ class Settings(BaseSettings):
     streams: StreamsSettings = StreamsSettings()
     trends: TrendSettings = TrendSettings()
     alerts: AlertSettings = AlertSettings()
+    api: ApiSettings = ApiSettings()
+    notify: NotifySettings = NotifySettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: key=value lines; json: one object."

@@ -7,6 +7,7 @@ this module only spawns, watches and stops them, so it imports none of them.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class Stage:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
     proc: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
 
@@ -81,7 +83,11 @@ class Supervisor:
             path = self.log_dir / f"{stage.name}.log"
             stage.log_file = path.open("ab")
             stage.proc = subprocess.Popen(
-                stage.argv, stdin=subprocess.DEVNULL, stdout=stage.log_file, stderr=subprocess.STDOUT
+                stage.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stage.log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **stage.env} if stage.env else None,
             )
             print(f"started {stage.name:10} pid {stage.proc.pid:<7} log {path}")
 
@@ -94,6 +100,8 @@ class Supervisor:
         names = {
             "raw": self.settings.topics.raw,
             "enriched": self.settings.topics.enriched,
+            "trends": self.settings.topics.trends,
+            "alerts": self.settings.topics.alerts,
             "dlq": self.settings.topics.dlq,
         }
         admin = AdminClient(self.settings.kafka.config())

@@ -224,7 +224,11 @@ class TrendReader:
         self, kind: str, term: str, window: Window, step_s: int
     ) -> list[tuple[int, int, dict[str, int]]]:
         """(step start, mentions, sentiment labels) for each ``step_s`` step of ``window``."""
-        res = max((r for r in RESOLUTIONS if step_s % r == 0 and window.size % r == 0), default=window.res)
+        # The coarsest stored resolution whose buckets tile both the steps and the window's own start.
+        res = max(
+            (r for r in RESOLUTIONS if r >= window.res and step_s % r == 0 and window.start % r == 0),
+            default=window.res,
+        )
         steps = list(range(window.start, window.end, step_s))
         buckets = list(range(window.start, window.end, res))
         shard = shard_of(kind, term, self.keys.shards)

@@ -12,7 +12,19 @@ from collections.abc import Awaitable, Callable
 from pulse.settings import Settings
 
 # Settings sections a child `pulse` process must take from the test, never from the caller's shell.
-_SECTIONS = ("KAFKA__", "REDIS__", "TOPICS__", "LOCAL__", "INGEST__", "INFERENCE__", "STREAMS__")
+_SECTIONS = (
+    "KAFKA__",
+    "REDIS__",
+    "TOPICS__",
+    "LOCAL__",
+    "INGEST__",
+    "INFERENCE__",
+    "STREAMS__",
+    "TRENDS__",
+    "ALERTS__",
+    "API__",
+    "NOTIFY__",
+)
 
 
 def free_port() -> int:
@@ -78,3 +90,26 @@ class ThreadedServer:
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+
+class WebhookReceiver(ThreadedServer):
+    """A local webhook: records every POST (path, headers, body); answers ``statuses`` in turn, then 200."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        super().__init__()
+        self.statuses = list(statuses or [])
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        from aiohttp import web
+
+        async def hook(request: web.Request) -> web.Response:
+            self.requests.append((request.path, dict(request.headers), await request.read()))
+            return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+        app = web.Application()
+        app.router.add_post("/{path:.*}", hook)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner.addresses[0][1], runner.cleanup

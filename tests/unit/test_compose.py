@@ -51,9 +51,9 @@ def _environment(body: dict[str, Any]) -> dict[str, str]:
 
 def test_the_stack_has_kafka_redis_topic_init_and_the_stages() -> None:
     services = COMPOSE["services"]
-    assert {"kafka", "redis", "topics", "ingest", "inference", "streams"} <= set(services)
+    assert {"kafka", "redis", "topics", "ingest", "inference", "streams", "api", "notify"} <= set(services)
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
-    for name in ("kafka", "redis", "ingest", "inference", "streams"):
+    for name in ("kafka", "redis", "ingest", "inference", "streams", "api", "notify"):
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from pulse import kafka
 from pulse.kafka import QueueFullTimeout, produce
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,3 +53,37 @@ def test_a_queue_full_past_the_timeout_raises_and_a_failure_from_while_full_prop
 
     with pytest.raises(RuntimeError, match="for good"):
         produce(FullFor(5), "t", b"v", while_full=failed, poll_s=0)  # type: ignore[arg-type]
+
+
+class _Assigned:
+    def __init__(self, assigned: list[str]) -> None:
+        self.assigned = assigned
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def assignment(self) -> list[str]:
+        return self.assigned
+
+    def pause(self, parts: list[str]) -> None:
+        self.calls.append(("pause", list(parts)))
+
+    def resume(self, parts: list[str]) -> None:
+        self.calls.append(("resume", list(parts)))
+
+
+def test_rest_pauses_the_assignment_for_the_wait_and_resumes_it_even_if_the_wait_fails() -> None:
+    consumer = _Assigned(["alerts-0", "alerts-1"])
+    waits: list[float] = []
+    kafka.rest(consumer, waits.append, 1.0)  # type: ignore[arg-type]
+    assert waits == [1.0]
+    assert consumer.calls == [("pause", ["alerts-0", "alerts-1"]), ("resume", ["alerts-0", "alerts-1"])]
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    consumer.calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        kafka.rest(consumer, interrupted, 1.0)  # type: ignore[arg-type]
+    assert [c for c, _ in consumer.calls] == ["pause", "resume"]
+    idle = _Assigned([])
+    kafka.rest(idle, waits.append, 0.5)  # type: ignore[arg-type]
+    assert idle.calls == [] and waits[-1] == 0.5  # nothing assigned yet: only the wait

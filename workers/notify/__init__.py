@@ -1,0 +1,1 @@
+"""Alert delivery (``pulse notify``): the alerts topic to webhooks, signed JSON or Slack."""
