@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -16,10 +17,12 @@ from pulse import metrics
 from pulse.addresses import LOCAL_HOSTS, host_port, port_open
 from pulse.settings import Settings
 from schemas import DeadLetter, encode
+from schemas.models import DEAD_LETTER_ERROR_CHARS, DEAD_LETTER_ORIGINAL_BYTES, MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
+MAX_ID_BYTES = 4_096  # a dead letter's key (an id, usually) is kept up to this length
 
 
 class QueueFullTimeout(BufferError):
@@ -63,9 +66,11 @@ def produce(
                 while_full()
 
 
-def producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
+def producer(
+    settings: Settings, stage: str, on_fatal: Callable[[KafkaError], None] | None = None, **overrides: Any
+) -> Producer:
     """An idempotent, compressing producer tuned by ``KAFKA__PRODUCER__*``; ``overrides`` are librdkafka
-    options a stage sets for itself."""
+    options a stage sets for itself; ``on_fatal`` hears of a fatal client error (after it is logged)."""
     conf = settings.kafka.config(
         **{
             "client.id": f"pulse-{stage}",
@@ -74,7 +79,10 @@ def producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
             "compression.type": settings.kafka.producer.compression,
             "linger.ms": settings.kafka.producer.linger_ms,
             "message.timeout.ms": settings.kafka.producer.delivery_timeout_ms,
-            "error_cb": _error_logger(stage),
+            # The contract's size (schemas.models.MAX_RECORD_BYTES); the topics allow it plus a batch's
+            # overhead (infra/topics.yaml), so what a producer accepts a broker accepts.
+            "message.max.bytes": MAX_RECORD_BYTES,
+            "error_cb": _error_logger(stage, on_fatal),
             **overrides,
         }
     )
@@ -142,11 +150,16 @@ def rest(consumer: Consumer, wait: Callable[[float], object], seconds: float) ->
         consumer.resume(assigned)
 
 
-def _error_logger(stage: str) -> Callable[[KafkaError], None]:
+def _error_logger(
+    stage: str, on_fatal: Callable[[KafkaError], None] | None = None
+) -> Callable[[KafkaError], None]:
     def on_error(err: KafkaError) -> None:
-        # librdkafka retries transient errors itself; fatal ones end the process through the caller.
+        # librdkafka retries transient errors itself; a fatal one (an idempotent producer whose sequence
+        # the broker lost, say) leaves the client unusable: ``on_fatal`` makes the stage end non-zero.
         level = logging.ERROR if err.fatal() else logging.WARNING
         log.log(level, "kafka client error", extra={"stage": stage, "error": err.str(), "code": err.name()})
+        if err.fatal() and on_fatal is not None:
+            on_fatal(err)
 
     return on_error
 
@@ -159,21 +172,49 @@ def dead_letter(
     *,
     key: bytes | None = None,
     message: Message | None = None,
+    origin: tuple[str, int, int] | None = None,
     source: str | None = None,
 ) -> DeadLetter:
-    """A DeadLetter carrying the original bytes and, for Kafka input, topic/partition/offset."""
-    return DeadLetter(
+    """A DeadLetter carrying the original bytes and, for Kafka input, topic/partition/offset (of
+    ``message``, or ``origin`` when the message itself is no longer at hand).
+
+    It always fits a record: an original over ``DEAD_LETTER_ORIGINAL_BYTES`` keeps its first bytes,
+    flagged ``truncated`` with the whole's length and sha256; the error text is cut likewise."""
+    if key is None and message is not None:
+        key = message.key()
+    letter = DeadLetter(
         stage=stage,
         reason=reason,
         error=error,
         original=original,
-        key=key if key is not None or message is None else message.key(),
-        topic=message.topic() if message is not None else None,
-        partition=message.partition() if message is not None else None,
-        offset=message.offset() if message is not None else None,
+        key=key,
+        topic=message.topic() if message is not None else origin[0] if origin else None,
+        partition=message.partition() if message is not None else origin[1] if origin else None,
+        offset=message.offset() if message is not None else origin[2] if origin else None,
         source=source,
         failed_at=datetime.now(UTC),
     )
+    return fitted(letter)
+
+
+def fitted(letter: DeadLetter) -> DeadLetter:
+    """``letter`` cut to always fit a record (``publish_dead_letter`` applies it to every dead letter): an
+    original over ``DEAD_LETTER_ORIGINAL_BYTES`` keeps its first bytes, flagged ``truncated`` with the
+    whole's length and sha256; the error text and the key are cut too."""
+    original, error, key = letter.original, letter.error, letter.key
+    update: dict[str, Any] = {}
+    if len(original) > DEAD_LETTER_ORIGINAL_BYTES:
+        update |= {
+            "original": original[:DEAD_LETTER_ORIGINAL_BYTES],
+            "truncated": True,
+            "original_bytes": len(original),
+            "original_sha256": hashlib.sha256(original).hexdigest(),
+        }
+    if len(error) > DEAD_LETTER_ERROR_CHARS:
+        update["error"] = error[: DEAD_LETTER_ERROR_CHARS - 40] + f"… ({len(error):,} characters in all)"
+    if key is not None and len(key) > MAX_ID_BYTES:
+        update["key"] = key[:MAX_ID_BYTES]
+    return letter.model_copy(update=update) if update else letter
 
 
 class LogThrottle:
@@ -221,8 +262,9 @@ def publish_dead_letter(
     """Produce a dead letter (key: the original key) and count it; delivery reported to ``on_delivery``.
 
     Waits (``produce``) while the producer queue is full. Logged as a warning, at most 10 per 10 s
-    (``DEAD_LETTER_LOG``); the metric counts every one.
+    (``DEAD_LETTER_LOG``); the metric counts every one. Always fits a record (``fitted``).
     """
+    letter = fitted(letter)
     metrics.DEAD_LETTERS.labels(letter.stage, letter.reason).inc()
     logged, left_out = DEAD_LETTER_LOG.allow()
     if logged:

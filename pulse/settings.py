@@ -101,7 +101,10 @@ class IngestSettings(_Section):
         description="At start, read the keys of up to this many of the newest posts.raw records into the "
         "dedup window, so a restarted or re-run ingest does not republish them (0 = off).",
     )
-    max_body_bytes: int = Field(1_048_576, description="HTTP source: larger request bodies get 413.")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="HTTP source: larger request bodies get 413.")
+    max_posts_per_request: int = Field(
+        1_000, ge=1, description="HTTP source: a request with more posts in its array gets 413."
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8081
     http_token: SecretStr | None = Field(None, description="Bearer token the HTTP source requires.")

@@ -65,6 +65,17 @@ MAX_TEXT_LENGTH = 100_000
 MAX_PLATFORM_LENGTH = 64
 PLATFORM_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
+# Sizes end to end. Every topic's max.message.bytes and every producer's message.max.bytes is
+# MAX_RECORD_BYTES (infra/topics.yaml, pulse.kafka). The largest valid RawPost (100,000 characters of
+# text, each at most 4 bytes of UTF-8 or a 6-byte JSON escape) is about 600 KB; an EnrichedPost adds at
+# most MAX_SPANS_PER_POST entities and as many watchlist matches (a few hundred bytes each): it fits.
+MAX_RECORD_BYTES = 1_048_576
+MAX_SPANS_PER_POST = 256
+# A dead letter always fits: its original is cut to this many bytes (flagged, with the whole's length
+# and sha256), its error text to DEAD_LETTER_ERROR_CHARS (base64 makes 256 KiB about 350 KB).
+DEAD_LETTER_ORIGINAL_BYTES = 262_144
+DEAD_LETTER_ERROR_CHARS = 4_000
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_serialization_defaults_required=True)
@@ -135,8 +146,12 @@ class EnrichedPost(_Message):
     schema_version: Literal[1] = 1
     post: RawPost
     sentiment: Sentiment
-    entities: tuple[Entity, ...] = ()
-    matches: tuple[WatchMatch, ...] = ()
+    entities: tuple[Entity, ...] = Field(
+        default=(), max_length=MAX_SPANS_PER_POST, description="At most 256; the first of each term first."
+    )
+    matches: tuple[WatchMatch, ...] = Field(
+        default=(), max_length=MAX_SPANS_PER_POST, description="At most 256; the first of each term first."
+    )
     models: tuple[ModelRef, ...] = Field(description="The models that produced this record.")
     enriched_at: UtcDatetime
 
@@ -260,7 +275,16 @@ class DeadLetter(_Message):
         description="Machine-readable cause: decode, validation, late, too_large, ..."
     )
     error: str = Field(description="Human-readable message naming the field and the problem.")
-    original: WireBytes = Field(description="The original bytes, base64-encoded on the wire.")
+    original: WireBytes = Field(
+        description="The original bytes, base64-encoded on the wire; their first 262,144 when truncated."
+    )
+    truncated: bool = Field(default=False, description="original holds only the first bytes of the record.")
+    original_bytes: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Length of the whole original (set when truncated)."
+    )
+    original_sha256: str | None = Field(
+        default=None, description="Hex sha256 of the whole original (set when truncated)."
+    )
     key: WireBytes | None = Field(default=None, description="The original Kafka key, base64-encoded.")
     topic: str | None = None
     partition: Annotated[int, Field(ge=0)] | None = None

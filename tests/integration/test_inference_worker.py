@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pulse.settings import Settings
 from schemas import Author, DeadLetter, EnrichedPost, RawPost, decode, encode
+from schemas.models import MAX_RECORD_BYTES, MAX_SPANS_PER_POST
 from tests.factories import post_factory
 from tests.kafka_io import read_topic
 from workers.inference.loader import load_model, model_dirs
@@ -468,3 +469,44 @@ def test_a_worker_stopped_mid_stream_and_restarted_loses_nothing(
         assert duplicates >= by_first.total() > 0
     else:
         assert duplicates == 0, "a drained worker committed what it produced: a restart must not repeat it"
+
+
+def test_a_post_naming_a_brand_twenty_thousand_times_comes_out_capped_and_its_partition_moves_on(
+    infer_settings: Settings, running: Callable[[Settings], Running]
+) -> None:
+    # The user test's poison pill: valid (under the contract's 100,000 characters), but its enriched
+    # record carried one watchlist match per mention, over 1 MB: MSG_SIZE_TOO_LARGE on every restart.
+    flood = post_factory(id="test:flood", text=("Acme " * 20_000)[:99_995])
+    after = posts_factory(20, "after-flood")
+    produce(infer_settings, [(p.id.encode(), encode(p)) for p in (flood, *after)], partition=lambda i: 0)
+    worker = running(infer_settings)
+    wait_for(lambda: committed(infer_settings).get(0) == 1 + len(after), 180, "partition 0 to be committed")
+    assert worker.stop() == 0
+    out = {record.post.id: record for record in enriched(infer_settings)}
+    assert set(out) == {"test:flood", *(p.id for p in after)}
+    capped = out["test:flood"]
+    assert len(capped.matches) == MAX_SPANS_PER_POST and {m.term for m in capped.matches} == {"Acme"}
+    assert len(encode(capped)) < MAX_RECORD_BYTES and dead_letters(infer_settings) == []
+
+
+def test_an_enriched_record_that_still_cannot_fit_is_dead_lettered_not_a_stuck_partition(
+    infer_settings: Settings, running: Callable[[Settings], Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing valid reaches the real limit any more (the case above): a lower one exercises the path.
+    monkeypatch.setattr("workers.inference.worker.MAX_ENRICHED_BYTES", 20_000)
+    big = post_factory(id="test:big", text="a long post about nothing much. " * 1_000)
+    after = posts_factory(10, "after-big")
+    records = [(p.id.encode(), encode(p)) for p in (big, *after)]
+    produce(infer_settings, records, partition=lambda i: 0)
+    worker = running(infer_settings)
+    wait_for(lambda: committed(infer_settings).get(0) == len(records), 180, "partition 0 to be committed")
+    assert worker.stop() == 0
+    assert sorted(enriched_ids(infer_settings)) == sorted(p.id for p in after)
+    [letter] = dead_letters(infer_settings)
+    assert (letter.stage, letter.reason, letter.key, letter.offset) == (
+        "inference",
+        "too_large",
+        b"test:big",
+        0,
+    )
+    assert letter.original == records[0][1] and "over the 20,000 limit" in letter.error

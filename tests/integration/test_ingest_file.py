@@ -105,6 +105,23 @@ def test_bad_records_go_to_the_dead_letter_topic_with_reasons(
     assert "field 'created_at'" in letters[1].error and "field 'author'" in letters[2].error
 
 
+def test_one_huge_invalid_line_is_dead_lettered_and_the_file_goes_on(
+    settings: Settings, ingest: Callable[..., int], tmp_path: Path
+) -> None:
+    # Its dead letter did not fit a record: the run gave up (rc 1) with none of the valid lines published.
+    huge = orjson.dumps(post(2, created_at="2026-11-28T10:00:00", filler="f" * 900_000))
+    path = jsonl(tmp_path / "huge.jsonl", [post(1), huge, post(3)])
+    assert ingest("file", str(path)) == 0
+    assert sorted(k for k, _ in read_topic(settings, settings.topics.raw, expect=2)) == [b"test:1", b"test:3"]
+    [letter] = [decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=1)]
+    assert (letter.reason, letter.source, letter.truncated, letter.original_bytes) == (
+        "validation",
+        "huge.jsonl:2",
+        True,
+        len(huge),
+    )
+
+
 def test_csv_in_a_foreign_layout_with_a_field_mapping(
     settings: Settings, ingest: Callable[..., int], tmp_path: Path
 ) -> None:

@@ -52,7 +52,9 @@ class Server:
 
 def start_server(settings: Settings, **env_overrides: str) -> Server:
     port = free_port()
-    env = stage_env(settings, INGEST__HTTP_TOKEN=TOKEN, INGEST__MAX_BODY_BYTES="20000", **env_overrides)
+    env = stage_env(
+        settings, **{"INGEST__HTTP_TOKEN": TOKEN, "INGEST__MAX_BODY_BYTES": "20000", **env_overrides}
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "pulse.cli", "ingest", "http", "--port", str(port)],
         env=env,
@@ -127,16 +129,16 @@ def test_invalid_posts_are_400_naming_the_field_and_are_dead_lettered(
 ) -> None:
     status, body = server.post([post(1), post(2, created_at="not a time"), post(3, author={"handle": "x"})])
     assert status == 400
-    assert body["error"].startswith("invalid post: field 'posts[1].created_at'")
+    assert body["error"].startswith("invalid post at index 1: field 'created_at'")
     assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "created_at"), (2, "author.id")]
     status, body = server.post(post(4, id=""))
-    assert status == 400 and "field 'id'" in body["error"]
+    assert status == 400 and body["error"].startswith("invalid post: field 'id'")
     assert server.request("POST", "/v1/posts", b"{nope")[0] == 400
     # nothing of a rejected request is published, and a corrected retry is not a "duplicate"
     assert server.post([post(1), post(2)]) == (202, {"accepted": 2, "duplicates": 0})
     assert sorted(k for k, _ in read_topic(settings, settings.topics.raw, expect=2)) == [b"web:1", b"web:2"]
-    letters = [decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=3)]
-    assert [(d.reason, d.source) for d in letters] == [("validation", "http")] * 3
+    letters = [decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=4)]
+    assert [(d.reason, d.source) for d in letters] == [("validation", "http")] * 3 + [("decode", "http")]
     assert orjson.loads(letters[0].original)["created_at"] == "not a time"
 
 
@@ -171,5 +173,75 @@ def test_no_ack_in_time_is_503_and_the_retry_is_not_called_a_duplicate(settings:
         assert status == 503 and "did not acknowledge" in body["error"]
         # at-least-once: the post was not remembered as seen, so the client's retry is accepted again
         assert srv.post(post(1))[0] == 503
+    finally:
+        stop_server(srv)
+
+
+def test_an_invalid_post_near_the_body_limit_is_a_400_and_a_dead_letter_that_fits(settings: Settings) -> None:
+    # Its dead letter (the original, base64) was over the record limit: a 500 and no dead letter.
+    srv = start_server(settings, INGEST__MAX_BODY_BYTES="1048576")
+    try:
+        huge = orjson.dumps(post(1, created_at="not a time", text="y" * 95_000, extra="z" * 850_000))
+        assert 900_000 < len(huge) < 1_048_576
+        status, body = srv.request("POST", "/v1/posts", huge)
+        assert status == 400, body
+        assert srv.post(post(2)) == (202, {"accepted": 1, "duplicates": 0})  # and the source still works
+    finally:
+        stop_server(srv)
+    [letter] = [decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=1)]
+    assert letter.truncated and letter.original_bytes == len(huge) and huge.startswith(letter.original)
+
+
+def test_unreadable_bodies_are_a_400_and_a_dead_letter_as_in_the_file_source(
+    server: Server, settings: Settings
+) -> None:
+    bodies = [
+        b"",  # empty
+        b"{nope",  # not JSON
+        b'{"id": "web:1", "text": "caf\xff"}',  # invalid UTF-8
+        b'{"id": "web:1", "text": "a\x01b"}',  # a raw control byte inside a string
+        b"[]",
+        b"[" * 300 + b"]" * 300,  # deeper than orjson writes (254): a 500 with a traceback before
+        orjson.dumps(
+            post(
+                1,
+                author={"id": "u1", "x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+            )
+        ),
+    ]
+    for body in bodies:
+        status, answer = server.request("POST", "/v1/posts", body)
+        assert status == 400, (body[:40], answer)
+        assert isinstance(answer, dict) and "Traceback" not in str(answer)
+    letters = [
+        decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=len(bodies))
+    ]
+    assert [(d.reason, d.source, d.original) for d in letters] == [("decode", "http", b) for b in bodies]
+    assert "empty body" in letters[0].error and "nested deeper than 32" in letters[5].error
+
+
+def test_a_flood_of_invalid_elements_costs_a_dozen_dead_letters_and_memory_stays_flat(
+    settings: Settings,
+) -> None:
+    import psutil
+
+    srv = start_server(settings, INGEST__MAX_BODY_BYTES="1048576")
+    try:
+        ones = b"[" + b",".join([b"1"] * 50_000) + b"]"  # the user test's 100 KB body of 50,000 bad posts
+        status, answer = srv.request("POST", "/v1/posts", ones)
+        assert status == 413 and "at most 1000" in answer["error"]
+        bad = orjson.dumps([post(i, created_at="never") for i in range(1_000)])
+        status, answer = srv.request("POST", "/v1/posts", bad)
+        assert status == 400 and answer["invalid"] == 1_000 and len(answer["errors"]) == 20
+        letters = [decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=11)]
+        assert len(letters) == 11 and letters[-1].original == bad
+        assert letters[-1].error.startswith("990 more invalid posts in this request (posts[10]")
+        process = psutil.Process(srv.proc.pid)
+        before = process.memory_info().rss
+        for _ in range(8):
+            assert srv.request("POST", "/v1/posts", ones)[0] == 413
+            assert srv.request("POST", "/v1/posts", bad)[0] == 400
+        grown = (process.memory_info().rss - before) / 2**20
+        assert grown < 40, f"RSS grew {grown:.0f} MB over 16 hostile requests"
     finally:
         stop_server(srv)

@@ -55,3 +55,29 @@ def test_every_dead_letter_is_produced_but_only_a_burst_is_logged(
     assert len(lines) == 11
     assert getattr(lines[-1], "not_logged_before", None) == 15
     assert not hasattr(lines[0], "not_logged_before")
+
+
+def test_a_dead_letter_always_fits_a_record_and_says_what_was_cut() -> None:
+    import hashlib
+
+    from pulse.kafka import dead_letter
+    from schemas import DeadLetter, decode, encode
+    from schemas.models import DEAD_LETTER_ORIGINAL_BYTES, MAX_RECORD_BYTES
+
+    original = b"[" + b"1," * 500_000 + b"1]"  # ~1 MB of invalid input
+    letter = dead_letter("ingest", "validation", "x" * 3_000_000, original, key=b"k" * 10_000)
+    wire = encode(letter)
+    assert len(wire) < MAX_RECORD_BYTES // 2
+    back = decode(wire, DeadLetter)
+    assert back.truncated and back.original == original[:DEAD_LETTER_ORIGINAL_BYTES]
+    assert back.original_bytes == len(original)
+    assert back.original_sha256 == hashlib.sha256(original).hexdigest()
+    assert len(back.error) <= 4_000 and back.error.endswith("(3,000,000 characters in all)")
+    assert back.key is not None and len(back.key) == 4_096
+    small = dead_letter("ingest", "decode", "bad", b"{not json")
+    assert (small.truncated, small.original_bytes, small.original_sha256, small.original) == (
+        False,
+        None,
+        None,
+        b"{not json",
+    )

@@ -48,3 +48,13 @@ def test_enrich_drops_entities_whose_offsets_do_not_point_at_their_text() -> Non
     outside = Entity(type="company", text="Acme", start=30, end=34, normalized="acme", score=0.9)
     sentiment = Sentiment(label="neutral", scores={"neutral": 1.0})
     assert enrich(post, sentiment, [good, shifted, outside], [], MODELS, NOW).entities == (good,)
+
+
+def test_spans_are_capped_keeping_the_first_of_every_term_in_text_order() -> None:
+    from workers.inference.enrich import capped
+
+    spans = [("acme", i) for i in range(1000)] + [("globex", 1000), ("initech", 1001)]
+    kept = capped(spans, lambda s: s[0], limit=10)
+    assert len(kept) == 10 and kept == tuple(sorted(kept, key=lambda s: s[1]))
+    assert {t for t, _ in kept} == {"acme", "globex", "initech"}  # every term survives the cap
+    assert capped(spans[:5], lambda s: s[0], limit=10) == tuple(spans[:5])

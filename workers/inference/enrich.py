@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from schemas import DecodeError, EnrichedPost, Entity, ModelRef, RawPost, Sentiment, WatchMatch, decode
+from schemas.models import MAX_SPANS_PER_POST
+
+T = TypeVar("T")
 
 STAGE = "inference"
 
@@ -15,6 +19,22 @@ def decode_post(value: bytes | None) -> RawPost:
     if value is None:
         raise DecodeError("RawPost", "", "empty record (no value)")
     return decode(value, RawPost)
+
+
+def capped(spans: Sequence[T], term: Callable[[T], object], limit: int = MAX_SPANS_PER_POST) -> tuple[T, ...]:
+    """At most ``limit`` spans: the first of every distinct term, then later repeats, in text order. A post
+    that repeats one name thousands of times keeps its record under the size limit and counts the same
+    (the trend store counts a term once per post)."""
+    if len(spans) <= limit:
+        return tuple(spans)
+    seen: set[object] = set()
+    first: list[int] = []
+    repeats: list[int] = []
+    for i, span in enumerate(spans):
+        (repeats if term(span) in seen else first).append(i)
+        seen.add(term(span))
+    chosen = sorted((first + repeats)[:limit])
+    return tuple(spans[i] for i in chosen)
 
 
 def enrich(
@@ -31,12 +51,12 @@ def enrich(
     consumer highlights spans by offset, and a wrong span is worse than a missing one.
     """
     text = post.text
-    kept = tuple(e for e in entities if 0 <= e.start < e.end <= len(text) and text[e.start : e.end] == e.text)
+    kept = [e for e in entities if 0 <= e.start < e.end <= len(text) and text[e.start : e.end] == e.text]
     return EnrichedPost(
         post=post,
         sentiment=sentiment,
-        entities=kept,
-        matches=tuple(matches),
+        entities=capped(kept, lambda e: (e.type, e.normalized)),
+        matches=capped(matches, lambda m: (m.kind, m.term)),
         models=tuple(models),
         enriched_at=enriched_at,
     )

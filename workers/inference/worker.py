@@ -38,10 +38,17 @@ from pulse.kafka import dead_letter, produce, publish_dead_letter
 from pulse.kafka import producer as make_producer
 from pulse.settings import Settings
 from schemas import DecodeError, Entity, ModelRef, RawPost, Sentiment, encode
+from schemas.models import MAX_RECORD_BYTES
 from workers.inference.batching import OffsetLedger, micro_batches
 from workers.inference.batching import TopicPartition as TP
 from workers.inference.enrich import STAGE, decode_post, enrich
-from workers.inference.flow import CommitOutcome, PauseGate, commit_outcome, drop_partitions
+from workers.inference.flow import (
+    CommitOutcome,
+    PauseGate,
+    commit_outcome,
+    drop_partitions,
+    unassigned_hint_due,
+)
 from workers.inference.protocols import PostModel
 from workers.inference.watchlist import Watchlist
 
@@ -64,12 +71,17 @@ class WorkerFailed(RuntimeError):
     """A step of the pipeline failed (a bug, a model error, an undeliverable record): exit non-zero."""
 
 
+# What the enriched record may take of a record's limit: the rest is the key, headers and batch framing.
+MAX_ENRICHED_BYTES = MAX_RECORD_BYTES - 4_096
+
+
 @dataclass(slots=True)
 class _Item:
     tp: TP
     offset: int
     key: bytes | None
     post: RawPost
+    value: bytes  # the record as consumed: a dead letter's original if its enriched form cannot be produced
 
 
 @dataclass(slots=True)
@@ -164,6 +176,10 @@ class InferenceWorker:
         """The (topic, partition) pairs assigned to this worker now; safe to read from any thread."""
         return self._owned
 
+    _unassigned_since: float | None = None
+    _last_hint: float | None = None
+    _drain_gave_up = False  # the shutdown drain timed out: closing does not wait again
+
     def healthy(self) -> bool:
         return not self._failed.is_set() and all(t.is_alive() for t in self._threads)
 
@@ -188,6 +204,7 @@ class InferenceWorker:
         try:
             while not self.stopping.is_set() and not self._failed.is_set():
                 self._step()
+                self._say_why_unassigned()
             self._drain_all()
         finally:
             self._shutdown()
@@ -196,6 +213,28 @@ class InferenceWorker:
             return 1
         log.info("inference stopped", extra={"stage": STAGE, "delivered": self._delivered})
         return 0
+
+    def _say_why_unassigned(self) -> None:
+        now = time.monotonic()
+        if self._owned:
+            self._unassigned_since = None
+            return
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+        if unassigned_hint_due(self._unassigned_since, now, self._last_hint):
+            self._last_hint = now
+            log.warning(
+                "waiting for partitions",
+                extra={
+                    "stage": STAGE,
+                    "group": self.cfg.group_id,
+                    "waited_s": round(now - self._unassigned_since),
+                    "why": "other members own every partition, or the group still lists a worker that was "
+                    "killed (the local broker never expires one; Kafka does after session.timeout.ms). "
+                    "Give each worker a stable INFERENCE__INSTANCE_ID (pulse run does): a restart under "
+                    "the same id takes its partitions back at once.",
+                },
+            )
 
     def _step(self) -> None:
         """One turn of the loop: fill the batch, hand it on when full or due, account for deliveries."""
@@ -237,7 +276,7 @@ class InferenceWorker:
             except DecodeError as exc:
                 self._dead_letter(msg, "decode", str(exc))
                 continue
-            items.append(_Item(tp, _offset(msg), post.id.encode(), post))
+            items.append(_Item(tp, _offset(msg), post.id.encode(), post, msg.value() or b""))
         metrics.LATENCY.labels(STAGE, "decode").observe(time.perf_counter() - started)
         if not items:
             return
@@ -335,7 +374,9 @@ class InferenceWorker:
     def _drain_all(self) -> None:
         if self._pending and not self._failed.is_set():
             self._submit()
-        self._drain(None)
+        if not self._drain(None):
+            self._drain_gave_up = True
+            return  # what is left is replayed from the committed offset
         self._producer.flush(self.cfg.drain_timeout_s)
         self._account()
 
@@ -384,7 +425,9 @@ class InferenceWorker:
         gone = set(revoked)
         abandoned = self._drop(gone)
         # Not started means not produced: the new owner consumes those from the committed offset.
-        if self._drain(revoked, abandoned):
+        # Closing after a shutdown drain that already timed out: waiting once more would only delay the
+        # exit (the records left are replayed from the committed offset either way).
+        if not self._drain_gave_up and self._drain(revoked, abandoned):
             self._commit()
         self._ledger.forget(revoked)
         self._owned = self._owned - gone
@@ -478,6 +521,17 @@ class InferenceWorker:
                 )
                 value = encode(record)
                 callback = functools.partial(self._on_delivery, item.tp, item.offset)
+                if len(value) > MAX_ENRICHED_BYTES:  # never a stuck partition: the post goes to the DLQ
+                    error = (
+                        f"enriched record of {len(value):,} bytes is over the {MAX_ENRICHED_BYTES:,} limit"
+                    )
+                    where = (*item.tp, item.offset)
+                    letter = dead_letter(STAGE, "too_large", error, item.value, key=item.key, origin=where)
+                    publish_dead_letter(
+                        self._producer, self.settings.topics.dlq, letter, on_delivery=callback
+                    )
+                    metrics.MESSAGES.labels(STAGE, "dead_letter").inc()
+                    continue
                 produce(self._producer, topic, value, item.key, on_delivery=callback)
             metrics.LATENCY.labels(STAGE, "produce").observe(time.perf_counter() - started)
             metrics.MESSAGES.labels(STAGE, "enriched").inc(len(scored.items))

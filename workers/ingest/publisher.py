@@ -51,6 +51,7 @@ class Publisher:
         self.producer = producer or kafka.producer(
             settings,
             STAGE,
+            on_fatal=self._fatal,
             **{
                 "queue.buffering.max.messages": ingest.queue_max_messages,
                 "batch.num.messages": ingest.batch_num_messages,
@@ -107,6 +108,11 @@ class Publisher:
         if self.error is None:
             self.error = err
         log.error("delivery failed", extra={"stage": STAGE, "topic": msg.topic(), "error": err.str()})
+
+    def _fatal(self, err: KafkaError) -> None:
+        # The producer cannot go on: every source stops on ``check`` with this one-line reason.
+        if self.error is None:
+            self.error = err
 
     def _dead_letter_rejected(self, err: KafkaError, msg: Message) -> None:
         value = msg.value() or b""

@@ -1,10 +1,13 @@
 """The HTTP source: ``POST /v1/posts`` (one post or an array), bearer auth, 202 once the broker acked.
 
-Replies: 401 without the right bearer token; 413 for a body over ``INGEST__MAX_BODY_BYTES``; 400
-naming the offending field (by index, for arrays) when any post is invalid — then nothing of that
-request is published, and each invalid post is also dead-lettered; 503 when the broker did not
-acknowledge in time (nothing of the request is counted as seen, so a retry is not a duplicate);
-202 ``{"accepted": n, "duplicates": d}`` once every new post is acknowledged.
+Replies: 401 without the right bearer token; 413 for a body over ``INGEST__MAX_BODY_BYTES`` or more
+than ``INGEST__MAX_POSTS_PER_REQUEST`` posts; 400 for a body that is empty, not JSON, nested deeper
+than 32 levels or ``[]`` (dead-lettered, reason ``decode``); 400 naming the offending field when any
+post is invalid (``invalid post at index 1: field 'created_at': …``) — then nothing of that request
+is published, and the invalid posts are dead-lettered (the first ten one by one, the rest as one dead
+letter of the whole body); 503 when the broker did not acknowledge in time (nothing of the request is
+counted as seen, so a retry is not a duplicate); 202 ``{"accepted": n, "duplicates": d}`` once every
+new post is acknowledged.
 """
 
 from __future__ import annotations
@@ -15,20 +18,25 @@ import hmac
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pulse import kafka
 from pulse.settings import Settings
+from schemas import DeadLetter, DecodeError
 from workers.ingest.mapping import FieldMapping
 from workers.ingest.pipeline import STAGE, Batch, Item, Pipeline
 from workers.ingest.publisher import Publisher, PublishError, count
 
 log = logging.getLogger(__name__)
+MAX_DEPTH = 32  # JSON nesting a request may have; a post needs four levels
+MAX_DEAD_LETTERS_PER_REQUEST = 10  # then one dead letter of the whole body for the rest
+MAX_ERRORS_LISTED = 20  # in a 400's "errors"; "invalid" says how many there were
 
 
 def _json(status: int, body: dict[str, Any], **headers: str) -> web.Response:
@@ -41,13 +49,22 @@ class HttpSource:
     name = "http"
 
     def __init__(
-        self, pipeline: Pipeline, publisher: Publisher, token: str | None, max_body: int, ack_timeout: float
+        self,
+        pipeline: Pipeline,
+        publisher: Publisher,
+        token: str | None,
+        max_body: int,
+        ack_timeout: float,
+        max_posts: int = 1_000,
     ) -> None:
         self.pipeline = pipeline
         self.publisher = publisher
         self.token = token.encode() if token else None
         self.max_body = max_body
         self.ack_timeout = ack_timeout
+        self.max_posts = max_posts
+        self.failure: str | None = None  # why the source cannot publish any more (it is stopping)
+        self.on_failure: Callable[[], None] = lambda: None
         self.failed = asyncio.Event()
 
     def app(self) -> web.Application:
@@ -58,7 +75,7 @@ class HttpSource:
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
-        ok = self.publisher.error is None
+        ok = self.publisher.error is None and self.failure is None
         return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -83,31 +100,27 @@ class HttpSource:
         except web.HTTPRequestEntityTooLarge:
             count("too_large")
             return _json(413, {"error": f"body over {self.max_body} bytes"})
+        # Whatever a sender gets a 400 for, operators find in the DLQ (as the file source does).
+        if not body.strip():
+            return self._unreadable(body, "empty body: expected a post or a non-empty array of posts")
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return _json(400, {"error": f"not valid JSON: {exc}"})
+            return self._unreadable(body, f"not valid JSON: {exc}")
+        if too_deep(doc, MAX_DEPTH):
+            return self._unreadable(body, f"JSON nested deeper than {MAX_DEPTH} levels")
         many = isinstance(doc, list)
         values = doc if many else [doc]
         if not values:
-            return _json(400, {"error": "expected a post or a non-empty array of posts"})
+            return self._unreadable(body, "expected a post or a non-empty array of posts, got []")
+        if len(values) > self.max_posts:
+            count("too_large")
+            return _json(413, {"error": f"{len(values)} posts in one request: at most {self.max_posts}"})
         # a dead letter keeps the client's own bytes for a single post, the element's JSON in an array
         items = [Item(orjson.dumps(v) if many else body, v, origin="http") for v in values]
         outcome = self.pipeline.process(Batch(items, "http"), dedup=False)
         if outcome.rejected:
-            for letter in outcome.dead:
-                self.publisher.dead_letter(letter)
-            count("dead_letter", len(outcome.dead))
-            errors = [{"index": i, "field": e.field, "problem": e.problem} for i, e in outcome.rejected]
-            first = errors[0]
-            where = f"posts[{first['index']}]." if many else ""
-            return _json(
-                400,
-                {
-                    "error": f"invalid post: field '{where}{first['field']}': {first['problem']}",
-                    "errors": errors,
-                },
-            )
+            return self._invalid(body, outcome.dead, outcome.rejected, many)
 
         seen = self.pipeline.dedup
         fresh = []
@@ -120,11 +133,53 @@ class HttpSource:
         count("duplicate", duplicates)
         try:
             await self._publish(fresh)
-        except (TimeoutError, PublishError, kafka.QueueFullTimeout) as exc:
+        except (TimeoutError, PublishError, kafka.QueueFullTimeout, KafkaException) as exc:
             for post in fresh:
                 seen.discard(post.key.decode())
+            if isinstance(exc, KafkaException) or self.publisher.error is not None:
+                self.fail(f"the producer failed: {exc}")  # unusable: stop, exit 1, a supervisor restarts
             return _json(503, {"error": f"the broker did not acknowledge: {exc}"}, **{"Retry-After": "5"})
         return _json(202, {"accepted": len(fresh), "duplicates": duplicates})
+
+    def fail(self, why: str) -> None:
+        """The source cannot publish any more: /healthz says so and the process ends with exit code 1."""
+        if self.failure is None:
+            self.failure = why
+            log.error("stopping: cannot publish", extra={"stage": STAGE, "error": why})
+            self.on_failure()
+
+    def _unreadable(self, body: bytes, problem: str) -> web.Response:
+        self.publisher.dead_letter(kafka.dead_letter(STAGE, "decode", problem, body, source="http"))
+        count("dead_letter")
+        return _json(400, {"error": problem})
+
+    def _invalid(
+        self, body: bytes, dead: list[DeadLetter], rejected: list[tuple[int, DecodeError]], many: bool
+    ) -> web.Response:
+        """400 naming the first bad field. The first few invalid posts are dead-lettered one by one and the
+        rest as one dead letter of the whole body; the answer lists the first few errors and the total:
+        a request of 50,000 bad elements costs what a request of a dozen does."""
+        letters = dead[:MAX_DEAD_LETTERS_PER_REQUEST]
+        if len(dead) > len(letters):
+            rest = [i for i, _ in rejected[len(letters) :]]
+            error = f"{len(rest)} more invalid posts in this request (posts[{rest[0]}] and on)"
+            letters.append(kafka.dead_letter(STAGE, "validation", error, body, source="http"))
+        for letter in letters:
+            self.publisher.dead_letter(letter)
+        count("dead_letter", len(letters))
+        errors = [
+            {"index": i, "field": e.field, "problem": e.problem} for i, e in rejected[:MAX_ERRORS_LISTED]
+        ]
+        first = errors[0]
+        where = f" at index {first['index']}" if many else ""
+        return _json(
+            400,
+            {
+                "error": f"invalid post{where}: field '{first['field']}': {first['problem']}",
+                "errors": errors,
+                "invalid": len(rejected),
+            },
+        )
 
     async def _publish(self, posts: list[Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -149,6 +204,21 @@ class HttpSource:
                 timeout_s=self.ack_timeout,
                 while_full=publisher.check,
             )
+
+
+def too_deep(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests arrays/objects more than ``limit`` deep (orjson reads 1,024 levels but
+    writes only 254; a post needs four)."""
+    level: list[tuple[Any, int]] = [(doc, 1)]
+    while level:
+        value, depth = level.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                level.append((child, depth + 1))
+    return False
 
 
 def _settle_soon(
@@ -209,7 +279,12 @@ async def _serve(
     settings: Settings, pipeline: Pipeline, publisher: Publisher, token: str | None, host: str, port: int
 ) -> int:
     source = HttpSource(
-        pipeline, publisher, token, settings.ingest.max_body_bytes, settings.ingest.http_ack_timeout_s
+        pipeline,
+        publisher,
+        token,
+        settings.ingest.max_body_bytes,
+        settings.ingest.http_ack_timeout_s,
+        settings.ingest.max_posts_per_request,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -218,12 +293,17 @@ async def _serve(
 
     polling = threading.Event()
 
+    source.on_failure = stop.set
+
     def poll() -> None:  # delivery reports fire here and hand results to the loop
-        while not polling.is_set():
-            publisher.poll(0.1)
-            if publisher.error is not None:
-                loop.call_soon_threadsafe(stop.set)
-                return
+        try:
+            while not polling.is_set():
+                publisher.poll(0.1)
+                if publisher.error is not None:
+                    loop.call_soon_threadsafe(source.fail, f"delivery failed: {publisher.error.str()}")
+                    return
+        except Exception as exc:  # a dead poll thread would leave /healthz green and every POST failing
+            loop.call_soon_threadsafe(source.fail, f"the delivery thread failed: {exc!r}")
 
     poller = threading.Thread(target=poll, name="ingest-http-poll", daemon=True)
     poller.start()
@@ -240,13 +320,13 @@ async def _serve(
     poller.join()
     remaining = await asyncio.to_thread(publisher.flush, settings.ingest.flush_timeout_s)
     publisher.close()
-    if remaining or publisher.error is not None:
+    if remaining or publisher.error is not None or source.failure is not None:
         log.error(
             "stopped with records not acknowledged",
             extra={
                 "stage": STAGE,
                 "in_flight": remaining,
-                "error": publisher.error and publisher.error.str(),
+                "error": (publisher.error and publisher.error.str()) or source.failure,
             },
         )
         return 1
