@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from pulse import logs, services, topics
 from pulse.addresses import port_open
@@ -178,8 +181,32 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
         value: object = current
         for part in variable.lower().split("__"):
             value = value.get(part) if isinstance(value, dict) else None
-        print(f"{variable}={'' if value is None else value}")
+        print(f"{variable}={env_value(value)}")
     return 0
+
+
+def env_value(value: object) -> str:
+    """A setting's value as an environment variable would give it (lists comma-joined, maps as JSON)."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """The first invalid setting as its variable name, its value and what was expected."""
+    first = exc.errors()[0]
+    variable = "__".join(str(p).upper() for p in first.get("loc", ()))
+    given = first.get("input")
+    shown = given if isinstance(given, str | int | float) else None
+    what = f"{variable}={shown}" if shown is not None else variable
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"setting {what}: {first.get('msg', 'invalid')}{more}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,7 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = load()
+    try:
+        settings = load()
+    except ValidationError as exc:
+        print(f"pulse: error: {settings_problem(exc)}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_format)
     for line in settings.deprecations():
         log.warning(line)

@@ -51,3 +51,35 @@ def test_the_http_source_offers_no_metrics_port_it_would_ignore() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["ingest", "http", "--metrics-port", "9200"])
     assert build_parser().parse_args(["ingest", "file", "x.jsonl", "--metrics-port", "0"]).metrics_port == 0
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INFERENCE__BATCH_SIZE", "abc")
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pulse: error: setting INFERENCE__BATCH_SIZE=abc: ") and "valid integer" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_bad_command_line_override_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["infer", "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "pulse infer: error: --batch-size 0: Input should be greater than or equal to 1\n"
+
+
+def test_config_prints_values_that_can_be_fed_back_as_environment_variables(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TRENDS__WINDOWS", "60,300")
+    assert main(["config"]) == 0
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["TRENDS__WINDOWS"] == "60,300" and lines["INFERENCE__PROVIDERS"] == "CPUExecutionProvider"
+    assert lines["KAFKA__CLIENT"] == "{}" and lines["STREAMS__DETECTORS"] == "true"
+    from pulse.settings import Settings
+
+    for variable, value in lines.items():  # every printed value reads back as itself
+        if value and "*" not in value:
+            monkeypatch.setenv(variable, value)
+    Settings()

@@ -29,3 +29,13 @@ def test_a_commit_with_nothing_stored_is_not_an_error_and_a_fatal_one_ends_the_w
     # e.g. a coordinator moving: the stored offsets stay stored and the next commit sends them
     assert commit_outcome(KafkaError.REBALANCE_IN_PROGRESS, False, no_offset) is CommitOutcome.RETRY
     assert commit_outcome(KafkaError._FENCED, fatal=True, no_offset_code=no_offset) is CommitOutcome.FATAL
+
+
+def test_a_worker_that_owns_nothing_says_why_after_30_s_and_then_every_150_s() -> None:
+    from workers.inference.flow import unassigned_hint_due
+
+    assert not unassigned_hint_due(None, 1_000.0, None)  # owns partitions
+    assert not unassigned_hint_due(0.0, 29.9, None)
+    assert unassigned_hint_due(0.0, 30.0, None)
+    assert not unassigned_hint_due(0.0, 100.0, 30.0)
+    assert unassigned_hint_due(0.0, 180.0, 30.0)

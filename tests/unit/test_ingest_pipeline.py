@@ -163,3 +163,28 @@ def test_a_warm_batch_mixing_bulk_and_careful_records_keeps_batch_order() -> Non
     langs = [decode(v, RawPost).lang for v in out.values]
     assert langs == ["en", "en", "xx", "en", "en"]
     assert decode(out.values[3], RawPost).created_at == datetime(2026, 11, 28, 11, tzinfo=UTC)
+
+
+def test_blank_lines_are_counted_so_read_equals_published_dead_and_blank() -> None:
+    records = [line(id="a"), b"", b"   ", b"\t", line(id="b"), b"{bad"]
+    out = pipeline().process(Batch(records, "f.jsonl", 1))
+    assert (len(out.keys), len(out.dead), out.blank) == (2, 1, 3)
+    assert len(out.keys) + len(out.dead) + out.blank + len(out.duplicates) == len(records)
+
+
+def test_errors_name_json_types_not_python_ones() -> None:
+    records = [
+        orjson.dumps([1]),
+        line(author="bob"),
+        line(text=5),
+        line(text=[1]),
+        orjson.dumps(None),
+    ]
+    errors = [d.error for d in pipeline().process(Batch(records, "f.jsonl", 1)).dead]
+    assert errors == [
+        "invalid RawPost: record: expected a JSON object, got an array",
+        "invalid RawPost: field 'author': expected an object with an id, got a string",
+        "invalid RawPost: field 'text': expected a string, got a number",
+        "invalid RawPost: field 'text': expected a string, got an array",
+        "invalid RawPost: record: expected a JSON object, got null",
+    ]

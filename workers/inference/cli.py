@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
     """The settings with the command line's overrides of the inference section applied."""
+    from pydantic import ValidationError
+
     from pulse.settings import InferenceSettings
 
     given = {
@@ -60,15 +62,33 @@ def with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
     update = {k: v for k, v in given.items() if v is not None}
     if not update:
         return settings
-    section = InferenceSettings(**{**settings.inference.model_dump(), **update})
+    try:
+        section = InferenceSettings(**{**settings.inference.model_dump(), **update})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first.get("loc") else "option"
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"{flag} {update.get(name, '')}: {first.get('msg', 'invalid')}") from None
     return settings.model_copy(update={"inference": section})
 
 
 def _infer(args: argparse.Namespace, settings: Settings) -> int:
+    from pulse import kafka
     from workers.inference.loader import ModelLoadError, load_model
     from workers.inference.watchlist import Watchlist, WatchlistError
 
-    settings = with_overrides(settings, args)
+    try:
+        settings = with_overrides(settings, args)
+    except ValueError as exc:
+        print(f"pulse infer: error: {exc}", file=sys.stderr)
+        return 2
+    if not kafka.ready(settings, timeout=10.0):
+        print(
+            f"pulse infer: error: no Kafka broker answers at {settings.kafka.bootstrap_servers}: start one "
+            "(pulse services up) or set KAFKA__BOOTSTRAP_SERVERS",
+            file=sys.stderr,
+        )
+        return 2
     try:
         watchlist = Watchlist.load(settings.inference.watchlist)
         model = load_model(settings.inference)

@@ -66,3 +66,14 @@ def commit_outcome(code: int, fatal: bool, no_offset_code: int) -> CommitOutcome
     if code == no_offset_code:
         return CommitOutcome.NOTHING_STORED
     return CommitOutcome.RETRY
+
+
+UNASSIGNED_HINT_S = 30.0  # how long a worker may own nothing before it says why that may be
+
+
+def unassigned_hint_due(since: float | None, now: float, last_hint: float | None) -> bool:
+    """Whether to log why this worker owns no partitions: ``since`` is when it last owned none (None: it
+    owns some), first after ``UNASSIGNED_HINT_S`` and then every five times that."""
+    if since is None or now - since < UNASSIGNED_HINT_S:
+        return False
+    return last_hint is None or now - last_hint >= 5 * UNASSIGNED_HINT_S

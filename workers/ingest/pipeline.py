@@ -81,6 +81,7 @@ class Outcome:
     dead: list[DeadLetter] = field(default_factory=list)
     rejected: list[tuple[int, DecodeError]] = field(default_factory=list)  # (index in batch, error)
     duplicates: list[int] = field(default_factory=list)  # indexes in the batch
+    blank: int = 0  # empty or whitespace-only lines: not records, but counted (read = all of these)
 
     @cached_property
     def posts(self) -> list[Post]:
@@ -169,8 +170,9 @@ class Pipeline:
             record = records[index]
             try:
                 if type(record) is bytes:
-                    if not record:
-                        continue  # a blank line is not a record
+                    if not record.strip():
+                        out.blank += 1  # a blank line is not a record
+                        continue
                     try:
                         value = loads(record)
                     except orjson.JSONDecodeError as exc:

@@ -122,6 +122,25 @@ def wire_time(value: datetime) -> str:
     return orjson.dumps(value, option=WIRE_OPTIONS)[1:-1].decode()
 
 
+def json_type(value: Any) -> str:
+    """What a sender wrote, in JSON's words (error texts say 'got null', not 'got NoneType')."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return (
+        "an array"
+        if isinstance(value, list | tuple)
+        else "an object"
+        if isinstance(value, Mapping)
+        else "a value"
+    )
+
+
 def _string(value: Any, field: str, *, required: bool) -> str | None:
     if value is None:
         if required:
@@ -132,7 +151,7 @@ def _string(value: Any, field: str, *, required: bool) -> str | None:
     # Foreign layouts often carry numeric ids (tweet ids, account ids); their decimal form is the id.
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise _fail(field, f"expected a string, got {type(value).__name__}")
+    raise _fail(field, f"expected a string, got {json_type(value)}")
 
 
 def parse_time(value: Any, field: str) -> datetime:
@@ -155,7 +174,7 @@ def parse_time(value: Any, field: str) -> datetime:
             raise _fail(field, f"epoch value out of range: {value}") from None
     if value is None:
         raise _fail(field, "is required")
-    raise _fail(field, f"expected a timestamp, got {type(value).__name__}")
+    raise _fail(field, f"expected a timestamp, got {json_type(value)}")
 
 
 def source_links(value: Any) -> tuple[str, ...]:
@@ -418,7 +437,7 @@ class RecordBuilder:
 
     def checked(self, record: Any, ingested_at: datetime | str) -> Built:
         if not isinstance(record, Mapping):
-            raise DecodeError("RawPost", "", f"expected a JSON object, got {type(record).__name__}")
+            raise DecodeError("RawPost", "", f"expected a JSON object, got {json_type(record)}")
         get = record.get
 
         post_id = _string(get("id"), "id", required=True)
@@ -451,7 +470,7 @@ class RecordBuilder:
         elif author is None:
             raise _fail("author", "is required")
         else:
-            raise _fail("author", f"expected an object with an id, got {type(author).__name__}")
+            raise _fail("author", f"expected an object with an id, got {json_type(author)}")
         if not author_id:
             raise _fail("author.id", "must not be empty")
         if handle is not None and handle.startswith("@"):
@@ -460,7 +479,7 @@ class RecordBuilder:
         text = get("text")
         if not isinstance(text, str):
             raise _fail(
-                "text", "is required" if text is None else f"expected a string, got {type(text).__name__}"
+                "text", "is required" if text is None else f"expected a string, got {json_type(text)}"
             )
         text = normalise_text(text)
         if len(text) > MAX_TEXT_LENGTH:

@@ -30,6 +30,7 @@ class Stats:
     duplicates: int = 0
     dead_letters: int = 0
     unsent: int = 0  # read but not handed over because a stop came first
+    blank: int = 0  # blank lines: read, not records
 
 
 class Progress:
@@ -119,6 +120,8 @@ class Runner:
                 count("dead_letter", len(outcome.dead))
             stats.duplicates += len(outcome.duplicates)
             count("duplicate", len(outcome.duplicates))
+            stats.blank += outcome.blank
+            count("blank", outcome.blank)
             if self.pacer is None:
                 publisher.publish_batch(outcome.keys, outcome.values)
                 stats.sent += len(outcome.keys)
@@ -156,6 +159,7 @@ class Runner:
             "published": publisher.published,
             "duplicates": stats.duplicates,
             "dead_letters": stats.dead_letters,
+            "blank": stats.blank,
             "unsent": stats.unsent,
         }
         if stats.unsent:
