@@ -188,3 +188,57 @@ def test_errors_name_json_types_not_python_ones() -> None:
         "invalid RawPost: field 'text': expected a string, got an array",
         "invalid RawPost: record: expected a JSON object, got null",
     ]
+
+
+def _warm() -> Pipeline:
+    """A pipeline that has seen a post: its bulk path for canonical lines is on (the first batch is not)."""
+    p = pipeline()
+    assert p.process(Batch([line(id="warm")], "f.jsonl", 1)).keys == ["warm"]
+    return p
+
+
+def test_field_checks_reject_what_must_not_reach_a_key_or_a_link_the_same_on_every_path() -> None:
+    cases = {
+        "javascript": (
+            line(id="j", url="javascript:alert(1)"),
+            "field 'url': expected an absolute http(s) URL",
+        ),
+        "markup": (line(id="m", url="<script>alert(1)</script>"), "field 'url': expected an absolute"),
+        "no host": (line(id="h", url="https://"), "field 'url': expected an absolute"),
+        "numeric url": (line(id="n", url=5), "field 'url': expected a string, got a number"),
+        "numeric handle": (
+            line(id="nh", author={"id": "u", "handle": 5}),
+            "'author.handle': expected a string",
+        ),
+        "NUL in id": (line(id="a\x00b"), "field 'id': must not contain control characters"),
+        "ESC in author": (
+            line(id="e", author={"id": "u\x1b"}),
+            "field 'author.id': must not contain control",
+        ),
+        "newline in handle": (
+            line(id="nl", author={"id": "u", "handle": "a\nb"}),
+            "'author.handle': must not",
+        ),
+    }
+    for name, (record, says) in cases.items():
+        for p in (pipeline(), _warm()):  # the careful path, then the bulk path of a warm pipeline
+            out = p.process(Batch([record], "f.jsonl", 2))
+            assert out.keys == [] and len(out.dead) == 1, name
+            assert says in out.dead[0].error, (name, out.dead[0].error)
+
+
+def test_text_and_names_lose_control_characters_and_ids_may_be_numbers() -> None:
+    records = [
+        line(
+            id="c",
+            text="hi\x00 there \x1b[31mred\x7f\ttab\nline",
+            author={"id": "u", "display_name": "Ann\x00 B"},
+        ),
+        orjson.dumps({**orjson.loads(line()), "id": 123456789, "url": "http://example.org/p/1"}),
+    ]
+    for p in (pipeline(), _warm()):
+        out = p.process(Batch(records, "f.jsonl", 2))
+        assert out.dead == [] and out.keys == ["c", "123456789"]
+        first, second = (decode(v, RawPost) for v in out.values)
+        assert first.text == "hi there [31mred tab line" and first.author.display_name == "Ann B"
+        assert second.url == "http://example.org/p/1"

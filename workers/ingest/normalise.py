@@ -19,8 +19,16 @@ _MENTION = re.compile(r"@(?<![\w@/]@)(\w[\w.-]*(?:@\w[\w.-]*\.\w+)?)")
 _HASHTAG = re.compile(r"#(?<![\w#&/]#)(\w*[^\W\d_]\w*)")
 
 
+# Control characters that are not whitespace (NUL, ESC and the rest of C0, DEL, C1): removed from text.
+_CONTROLS = {c: None for c in (*range(0x20), *range(0x7F, 0xA0)) if not chr(c).isspace()}
+
+
 def normalise_text(text: str) -> str:
-    """Unicode NFC and whitespace collapsed to single spaces (newlines included), stripped."""
+    """Unicode NFC, control characters other than whitespace removed (NUL, ESC: a terminal escape in a
+    post must not reach a log or a shell), whitespace collapsed to single spaces (newlines and tabs
+    included), stripped."""
+    if not text.isprintable():
+        text = text.translate(_CONTROLS)
     if not text.isascii() and not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     return " ".join(text.split())

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
 import orjson
@@ -141,7 +142,8 @@ def json_type(value: Any) -> str:
     )
 
 
-def _string(value: Any, field: str, *, required: bool) -> str | None:
+def _string(value: Any, field: str, *, required: bool, numeric: bool = False) -> str | None:
+    """A string field; ``numeric``: an integer is taken as its decimal form (ids only)."""
     if value is None:
         if required:
             raise _fail(field, "is required")
@@ -149,9 +151,46 @@ def _string(value: Any, field: str, *, required: bool) -> str | None:
     if isinstance(value, str):
         return value
     # Foreign layouts often carry numeric ids (tweet ids, account ids); their decimal form is the id.
-    if isinstance(value, int) and not isinstance(value, bool):
+    if numeric and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise _fail(field, f"expected a string, got {json_type(value)}")
+
+
+def _printable(value: str | None, field: str) -> str | None:
+    """Ids and handles become Kafka keys and Redis members: no control characters (NUL, ESC, newlines)."""
+    if value is not None and not value.isprintable() and any(unicodedata.category(c) == "Cc" for c in value):
+        raise _fail(field, "must not contain control characters")
+    return value
+
+
+_URL_UNSAFE = frozenset('<>"\\ ')
+
+
+def _plain_https(url: str) -> bool:
+    """The common case the fast paths take as is: ``https://host…``, printable, nothing unsafe."""
+    return (
+        9 <= len(url) <= 2048
+        and url[:8] == "https://"
+        and url[8] not in "/?#"
+        and url.isprintable()
+        and _URL_UNSAFE.isdisjoint(url)
+    )
+
+
+def _http_url(value: str | None) -> str | None:
+    """A permalink is an absolute http(s) URL: ``javascript:``, ``data:`` or markup never reaches a
+    dashboard's link."""
+    if value is None:
+        return None
+    parts = urlsplit(value) if len(value) <= 2048 else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or any(c in value for c in r'<>"\ ')
+    ):
+        raise _fail("url", "expected an absolute http(s) URL of at most 2048 characters")
+    return value
 
 
 def parse_time(value: Any, field: str) -> datetime:
@@ -298,9 +337,12 @@ class RecordBuilder:
                 or platform not in platforms
                 or not author.id
                 or not 0 < len(post_id) <= MAX_ID_LENGTH
-                or (handle is not None and handle[:1] == "@")
+                or (handle is not None and (handle[:1] == "@" or not handle.isprintable()))
+                or not (post_id.isprintable() and author.id.isprintable())
+                or (author.display_name is not None and not author.display_name.isprintable())
+                or (record.url is not None and not _plain_https(record.url))
             ):
-                rest.append(index)
+                rest.append(index)  # the careful path decides, and names what is wrong
                 continue
             try:
                 created_at = fromiso(record.created_at)
@@ -383,13 +425,13 @@ class RecordBuilder:
             return None
         if self._suffix:
             post_id += self._suffix
-        if not 0 < len(post_id) <= MAX_ID_LENGTH:
-            return None
+        if not (0 < len(post_id) <= MAX_ID_LENGTH and post_id.isprintable() and author_id.isprintable()):
+            return None  # the careful path says what is wrong
         handle = author.get("handle")
         display_name = author.get("display_name")
         if not (
-            (handle is None or (type(handle) is str and handle[:1] != "@"))
-            and (display_name is None or type(display_name) is str)
+            (handle is None or (type(handle) is str and handle[:1] != "@" and handle.isprintable()))
+            and (display_name is None or (type(display_name) is str and display_name.isprintable()))
         ):
             return None
         lang = record.get("lang")
@@ -398,8 +440,8 @@ class RecordBuilder:
                 return None
             lang = self._lang_cache[lang]
         url = record.get("url")
-        if url is not None and type(url) is not str:
-            return None
+        if url is not None and not (type(url) is str and _plain_https(url)):
+            return None  # anything but a plain https link: the careful path checks it
         try:
             created_at = datetime.fromisoformat(created)
         except ValueError:
@@ -440,7 +482,7 @@ class RecordBuilder:
             raise DecodeError("RawPost", "", f"expected a JSON object, got {json_type(record)}")
         get = record.get
 
-        post_id = _string(get("id"), "id", required=True)
+        post_id = _printable(_string(get("id"), "id", required=True, numeric=True), "id")
         assert post_id is not None
         if self._suffix:
             post_id += self._suffix
@@ -464,9 +506,15 @@ class RecordBuilder:
 
         author = get("author")
         if isinstance(author, Mapping):
-            author_id = _string(author.get("id"), "author.id", required=True)
-            handle = _string(author.get("handle"), "author.handle", required=False)
+            author_id = _printable(
+                _string(author.get("id"), "author.id", required=True, numeric=True), "author.id"
+            )
+            handle = _printable(
+                _string(author.get("handle"), "author.handle", required=False), "author.handle"
+            )
             display_name = _string(author.get("display_name"), "author.display_name", required=False)
+            if display_name is not None:
+                display_name = normalise_text(display_name)
         elif author is None:
             raise _fail("author", "is required")
         else:
@@ -500,7 +548,7 @@ class RecordBuilder:
         if self._shift:
             created_at += self._shift
 
-        url = _string(get("url"), "url", required=False)
+        url = _http_url(_string(get("url"), "url", required=False))
 
         doc = {
             "schema_version": 1,
