@@ -86,7 +86,7 @@ def test_posts_flow_from_a_file_to_enriched_and_bad_lines_to_the_dlq(
 def test_pulse_run_starts_every_stage_and_stops_them(settings: Settings, tmp_path: Path) -> None:
     env = stage_env(settings, INFERENCE__HTTP_PORT="0", LOCAL__DATA_DIR=str(tmp_path))
     done = subprocess.run(
-        [*PULSE, "run", "--duration", "40", "--rate", "40"],
+        [*PULSE, "run", "--duration", "20", "--rate", "40"],
         env=env,
         capture_output=True,
         text=True,

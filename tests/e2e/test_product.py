@@ -57,6 +57,17 @@ def texts(browser: Any, selector: str) -> list[str]:
     return list(browser.execute_script(script, selector))
 
 
+def click(browser: Any, selector: str, containing: str = "") -> None:
+    """Click the first element matching ``selector`` whose text contains ``containing``, found and clicked
+    in one script (a live re-render between a find and a click would leave a stale handle)."""
+    script = (
+        "const all = [...document.querySelectorAll(arguments[0])];"
+        "const hit = all.find(e => e.innerText.includes(arguments[1]));"
+        "if (!hit) throw new Error('nothing to click: ' + arguments[0]); hit.click();"
+    )
+    browser.execute_script(script, selector, containing)
+
+
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -175,8 +186,7 @@ def test_make_run_is_the_whole_product(settings: Settings, tmp_path: Path, brows
             log,
         )
         print(f"the spike alert reached the dashboard {time.monotonic() - started:.0f} s after start")
-        item = next(e for e in browser.find_elements(By.CSS_SELECTOR, spike) if "Globex" in e.text)
-        item.click()
+        click(browser, spike, "Globex")
         wait(
             "the evidence",
             lambda: browser.execute_script("return document.getElementById('evidence').open"),
@@ -186,10 +196,10 @@ def test_make_run_is_the_whole_product(settings: Settings, tmp_path: Path, brows
         )
         samples = texts(browser, "#ev-samples li")
         assert samples and all("Globex" in s for s in samples)
-        assert "Negative spike: Globex" in browser.find_element(By.ID, "ev-title").text
+        assert "Negative spike: Globex" in texts(browser, "#ev-title")[0]
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "alert-evidence.png"))
-        browser.find_element(By.CSS_SELECTOR, "#evidence .close").click()
+        click(browser, "#evidence .close")
         # Markup in a post is shown as text, never run.
         inject_hostile_post(settings)
         wait(
@@ -199,7 +209,7 @@ def test_make_run_is_the_whole_product(settings: Settings, tmp_path: Path, brows
             run,
             log,
         )
-        browser.find_element(By.CSS_SELECTOR, '#brands .card[data-brand="Evilcorp"]').click()
+        click(browser, '#brands .card[data-brand="Evilcorp"]')
         wait(
             "the hostile post",
             lambda: any(HOSTILE in t for t in texts(browser, "#posts li")),
@@ -211,7 +221,7 @@ def test_make_run_is_the_whole_product(settings: Settings, tmp_path: Path, brows
         assert not browser.find_elements(
             By.CSS_SELECTOR, "#posts li img, #posts li script"
         )  # nor became elements
-        browser.find_element(By.CSS_SELECTOR, '#brands .card[data-brand="Globex"]').click()
+        click(browser, '#brands .card[data-brand="Globex"]')
         time.sleep(2)
         browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
         # The alert reached the webhook, signed.

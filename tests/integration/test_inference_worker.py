@@ -398,7 +398,7 @@ def _stop(proc: subprocess.Popen[bytes], log: Path) -> int:
 def test_a_worker_stopped_mid_stream_and_restarted_loses_nothing(
     how: str, infer_settings: Settings, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
-    posts = posts_factory(800, how)  # enough that the stop lands mid-stream
+    posts = posts_factory(400, how)  # enough that the stop lands mid-stream
     log = tmp_path / "worker.log"
     # The first worker's auto-commit interval outlasts the test, so it commits nothing on its own: what
     # it delivered is committed by its drain (SIGTERM) or not at all (SIGKILL), and then every record of
