@@ -135,3 +135,34 @@ def _status(srv: Server, doc: object) -> int:
         return srv.request("POST", "/v1/posts", orjson.dumps(doc))[0]
     except OSError:
         return 0
+
+
+def test_the_generator_through_a_broker_restart_goes_on_or_ends_with_one_line_and_exit_code_1(
+    private: Settings, tmp_path: Path
+) -> None:
+    # The user test: a SystemError traceback after thousands of "out of order sequence number" lines.
+    out = tmp_path / "generator.log"
+    with out.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulse.cli", "ingest", "generator", "--rate", "3000", "--count", "60000"],
+            env=stage_env(private, INGEST__METRICS_PORT="0"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(4)
+        services.down(private, only=["kafka"])
+        time.sleep(8)
+        services.up(private)
+        code = proc.wait(120)
+    text = out.read_text()
+    print(f"generator exit code {code}, {len(text.splitlines())} log lines")
+    assert "Traceback" not in text and "SystemError" not in text, text[-3000:]
+    assert len(text.splitlines()) < 200, "a failed delivery is a few lines, not one per record"
+    if code == 1:  # the broker lost what it had acknowledged: the producer is fenced, and it says so
+        assert '"giving up"' in text and "OUT_OF_ORDER_SEQUENCE_NUMBER" in text + _fatal_reason(text)
+    else:
+        assert code == 0, text[-3000:]
+
+
+def _fatal_reason(text: str) -> str:
+    return "OUT_OF_ORDER_SEQUENCE_NUMBER" if "Local: Fatal error" in text and "out of order" in text else ""

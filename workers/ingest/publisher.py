@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -74,6 +75,8 @@ class Publisher:
         self._exported = 0
         self._rejected: list[DeadLetter] = []
         self._lock = threading.Lock()
+        self._failure_log = kafka.LogThrottle(burst=3, window_s=10.0)
+        self._fatal_error: KafkaError | None = None
         self._published_metric = metrics.MESSAGES.labels(STAGE, "published")
         self._latency = metrics.LATENCY.labels(STAGE, "produce")
         self._queue = metrics.QUEUE_DEPTH.labels(STAGE, "producer")
@@ -93,7 +96,22 @@ class Publisher:
         return self._acked_floor
 
     # -- delivery reports (called from poll()/flush(), on whichever thread polls) -------------------
+    @property
+    def fatal(self) -> bool:
+        """The producer hit a fatal error (the broker lost its idempotence state, say): unusable."""
+        return self._fatal_error is not None or (self.error is not None and self.error.fatal())
+
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        # Called by librdkafka through confluent-kafka: an exception escaping here would be left set and
+        # surface later as a SystemError in an unrelated call (seen in flush after a broker restart).
+        try:
+            self._on_report(err, msg)
+        except Exception as exc:
+            log.error("delivery report failed", extra={"stage": STAGE, "error": repr(exc)})
+            if self.error is None:
+                self.error = KafkaError(KafkaError._FAIL, f"delivery report failed: {exc!r}")
+
+    def _on_report(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             if msg.topic() == self.topic:
                 self._acked += 1
@@ -107,10 +125,17 @@ class Publisher:
         self.failed += 1
         if self.error is None:
             self.error = err
-        log.error("delivery failed", extra={"stage": STAGE, "topic": msg.topic(), "error": err.str()})
+        # Once one failed the stage stops; a broker that went away fails thousands in flight: a few lines.
+        logged, left_out = self._failure_log.allow()
+        if logged:
+            extra = {"stage": STAGE, "topic": msg.topic(), "error": err.str(), "failed": self.failed}
+            log.error(
+                "delivery failed", extra={**extra, **({"not_logged_before": left_out} if left_out else {})}
+            )
 
     def _fatal(self, err: KafkaError) -> None:
         # The producer cannot go on: every source stops on ``check`` with this one-line reason.
+        self._fatal_error = err
         if self.error is None:
             self.error = err
 
@@ -250,7 +275,9 @@ class Publisher:
         callback, so without this only a GC pass would disconnect it). Flush first."""
         producer = self.__dict__.pop("producer", None)
         if producer is not None:
-            producer.poll(0)
+            # A producer in a fatal state raises its error again from poll: it is closing anyway.
+            with contextlib.suppress(KafkaException):
+                producer.poll(0)
             self._abandoned = len(producer)  # never acknowledged: not published
             del producer
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TextIO
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from workers.ingest.pipeline import STAGE, Pipeline, Post
 from workers.ingest.publisher import Publisher, PublishError, count
@@ -103,7 +103,11 @@ class Runner:
                 log.info("replay starts over", extra={"stage": STAGE, "pass": builder.replay.pass_number})
         except (PublishError, KafkaException, SourceError) as exc:  # failed for good, after retries
             log.error("giving up", extra={"stage": STAGE, "error": str(exc)})
-            self.publisher.flush(min(self.flush_timeout, 5.0))
+            fatal = self.publisher.fatal or (
+                isinstance(exc, KafkaException) and bool(exc.args) and exc.args[0].code() == KafkaError._FATAL
+            )
+            if not fatal:  # a producer in a fatal state only fails what it still holds: no flush
+                self.publisher.flush(min(self.flush_timeout, 5.0))
             return 1
         return self._finish()
 
