@@ -119,6 +119,9 @@ def plan_batch(
         if offset <= floor[tp]:
             skipped += 1
             continue
+        # A seek back (a rebalance, the stall guard) can put an offset in the batch twice: the
+        # floor rises with every record planned, so the second copy is a replay like any other.
+        floor[tp] = offset
         in_shard = all_shards if uniform[tp] else [s for s in all_shards if offset > held_by[tp][s]]
         name = part_field(*tp)
         for s in in_shard:

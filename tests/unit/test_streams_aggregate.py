@@ -116,3 +116,15 @@ def test_sample_posts_of_watched_terms_are_kept_per_minute_newest_first_and_boun
     assert len(first) == 5 and len(later) == 5  # the sample size, per minute: the newest of each
     assert sorted(ms for ms, _ in first.values()) == [T0_MS + s * 1000 for s in range(55, 60)]
     assert max(ms for ms, _ in later.values()) == T0_MS + 69_000
+
+
+def test_a_seek_back_inside_one_batch_counts_each_offset_once() -> None:
+    # After a rebalance (or the stall guard) seeks a partition back, records fetched before the seek
+    # and the same offsets fetched again can arrive in one batch: each offset is counted once.
+    records = [record(i) for i in (4, 5, 6, 7, 5, 6, 7, 8)]
+    done = {0: {("posts.enriched", 0): Applied(3, PartitionClock(T0_MS, 0))}}
+    p = plan(records, done)
+    bucket = T0_MS // 1000 // 10 * 10
+    assert p.writes[0].zincr[KEYS.top(0, "hashtag", 10, bucket)]["acme"] == 5
+    assert p.counted == 5 and p.skipped == 3
+    assert p.writes[0].parts["posts.enriched:0"][:2] == (4, 8)
