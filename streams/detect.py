@@ -34,7 +34,6 @@ from schemas import (
     SentimentCounts,
     TermCount,
     TrendSnapshot,
-    TrendTerm,
     Window,
     encode,
 )
@@ -139,18 +138,7 @@ class Detector:
         """Score every kind's terms in the window ``[end - size, end)`` and publish the snapshot."""
         reader, cfg = self.reader, self.trends
         window = window_ending(end_s, size)
-        terms: list[TrendTerm] = []
-        for kind in KINDS:
-            terms += reader.trending(
-                kind,
-                window,
-                k=cfg.top_k,
-                candidates=cfg.candidates,
-                baseline_windows=cfg.baseline_windows,
-                alpha=cfg.ewma_alpha,
-                min_count=cfg.min_count,
-                min_score=cfg.min_score,
-            )
+        terms = reader.trending_under(KINDS, window, cfg, k=cfg.top_k)
         snapshot = TrendSnapshot(
             window=_window(window),
             final=final,

@@ -52,13 +52,7 @@ def _serve(settings_doc: dict[str, Any], conn: Connection) -> None:
     cfg = settings.streams
     keys = Keys(settings.redis.key_prefix, shards=cfg.shards)
     client = redis_client.client(settings, socket_timeout=10, socket_connect_timeout=5)
-    store = RedisTrendStore(
-        client,
-        keys,
-        lateness_ms=cfg.lateness_s * 1000,
-        sample_size=cfg.sample_size,
-        sample_ttl_s=cfg.sample_ttl_s,
-    )
+    store = RedisTrendStore.for_stage(client, keys, cfg)
     producer = kafka.producer(settings, STAGE)
     processor = BatchProcessor(settings, store, producer)
     reader = TrendReader(

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 import redis
@@ -24,6 +25,9 @@ from streams.keys import SEP, Keys, shard_of
 from streams.store import clocks_in
 from streams.trending import trending
 from streams.watermark import PartitionClock, watermark
+
+if TYPE_CHECKING:
+    from pulse.settings import TrendSettings
 
 # KEYS[1]: scratch key in the shard's slot; KEYS[2..]: bucket sets. ARGV[1]: k; ARGV[2]: minimum count.
 TOP = """
@@ -213,6 +217,24 @@ class TrendReader:
             )
             for s in best
         ]
+
+    def trending_under(
+        self, kinds: Sequence[str], window: Window, cfg: TrendSettings, k: int
+    ) -> list[TrendTerm]:
+        """``trending`` for each of ``kinds`` in turn (each best first) with the detectors' settings (``TRENDS__*``)."""
+        terms: list[TrendTerm] = []
+        for kind in kinds:
+            terms += self.trending(
+                kind,
+                window,
+                k=k,
+                candidates=cfg.candidates,
+                baseline_windows=cfg.baseline_windows,
+                alpha=cfg.ewma_alpha,
+                min_count=cfg.min_count,
+                min_score=cfg.min_score,
+            )
+        return terms
 
     def top_terms(self, kind: str, window: Window, k: int) -> list[TermStats]:
         """Top-k with sentiment mix."""

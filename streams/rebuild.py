@@ -93,13 +93,7 @@ def rebuild(settings: Settings, *, since: str | None, wipe: bool, progress: bool
         )
     for i in range(0, len(existing), 500):
         client.delete(*existing[i : i + 500])
-    store = RedisTrendStore(
-        client,
-        keys,
-        lateness_ms=cfg.lateness_s * 1000,
-        sample_size=cfg.sample_size,
-        sample_ttl_s=cfg.sample_ttl_s,
-    )
+    store = RedisTrendStore.for_stage(client, keys, cfg)
     topic = settings.topics.enriched
     consumer = Consumer(
         settings.kafka.config(

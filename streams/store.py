@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 import redis
@@ -20,6 +21,9 @@ import redis
 from streams.aggregate import Applied, Plan, Record, ShardWrite, part_field, plan_batch
 from streams.keys import Keys
 from streams.watermark import PartitionClock
+
+if TYPE_CHECKING:
+    from pulse.settings import StreamsSettings
 
 log = logging.getLogger("pulse.streams")
 
@@ -114,6 +118,17 @@ class RedisTrendStore:
     assignment) and updated after each successful write; Redis stays the source of truth, and a
     write planned from a stale cache is refused by the script (``Conflict``), never double-counted.
     """
+
+    @classmethod
+    def for_stage(cls, client: redis.Redis, keys: Keys, cfg: StreamsSettings) -> RedisTrendStore:
+        """The store as the streams stage configures it (``STREAMS__*``)."""
+        return cls(
+            client,
+            keys,
+            lateness_ms=cfg.lateness_s * 1000,
+            sample_size=cfg.sample_size,
+            sample_ttl_s=cfg.sample_ttl_s,
+        )
 
     def __init__(
         self,

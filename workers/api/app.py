@@ -267,18 +267,7 @@ def create_app(settings: Settings, reader: TrendReader, live: LiveEvents) -> Fas
         kinds = [kind] if kind else list(KINDS)
 
         def read() -> list[Any]:
-            terms = []
-            for each in kinds:
-                terms += reader.trending(
-                    each,
-                    span,
-                    k=k,
-                    candidates=t.candidates,
-                    baseline_windows=t.baseline_windows,
-                    alpha=t.ewma_alpha,
-                    min_count=t.min_count,
-                    min_score=t.min_score,
-                )
+            terms = reader.trending_under(kinds, span, t, k=k)
             return sorted(terms, key=lambda term: -term.score)[:k]
 
         terms = await asyncio.to_thread(read)
