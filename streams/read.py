@@ -221,7 +221,8 @@ class TrendReader:
     def trending_under(
         self, kinds: Sequence[str], window: Window, cfg: TrendSettings, k: int
     ) -> list[TrendTerm]:
-        """``trending`` for each of ``kinds`` in turn (each best first) with the detectors' settings (``TRENDS__*``)."""
+        """``trending`` for each of ``kinds`` in turn (each best first), with the detectors' settings
+        (``TRENDS__*``)."""
         terms: list[TrendTerm] = []
         for kind in kinds:
             terms += self.trending(
