@@ -109,6 +109,18 @@ class IngestSettings(_Section):
     http_port: int = 8081
     http_token: SecretStr | None = Field(None, description="Bearer token the HTTP source requires.")
     http_ack_timeout_s: float = Field(30.0, gt=0, description="HTTP source: wait this long for broker acks.")
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="HTTP source: a connection that has not sent a whole request head this long after it "
+        "opened (or after its last response) is closed.",
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="HTTP source: a request body not read in full this long gets 408."
+    )
+    http_max_connections: int = Field(
+        256, ge=1, description="HTTP source: connections open at once; the next ones get 503 and are closed."
+    )
     queue_max_messages: int = Field(
         200_000, ge=1, description="librdkafka queue.buffering.max.messages of ingest's producer."
     )

@@ -245,3 +245,70 @@ def test_a_flood_of_invalid_elements_costs_a_dozen_dead_letters_and_memory_stays
         assert grown < 40, f"RSS grew {grown:.0f} MB over 16 hostile requests"
     finally:
         stop_server(srv)
+
+
+def _connect(srv: Server) -> Any:
+    import socket
+
+    host, port = srv.base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _closed_by_server_within(sock: Any, seconds: float, trickle: bytes) -> tuple[bool, bytes]:
+    """Send ``trickle`` a byte every 0.5 s; (whether the server closed the connection, what it sent)."""
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + seconds
+    sent = 0
+    received = b""
+    while time.monotonic() < deadline:
+        try:
+            if sent < len(trickle):
+                sock.sendall(trickle[sent : sent + 1])
+                sent += 1
+            chunk = sock.recv(4096)
+            if not chunk:
+                return True, received
+            received += chunk
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return True, received
+    return False, received
+
+
+def test_slow_clients_are_cut_off_and_connections_are_capped(settings: Settings) -> None:
+    # The user test: ten connections trickling a byte every 10 s stayed open for minutes.
+    srv = start_server(
+        settings,
+        INGEST__HTTP_HEADER_TIMEOUT_S="2",
+        INGEST__HTTP_BODY_TIMEOUT_S="2",
+        INGEST__HTTP_MAX_CONNECTIONS="4",
+    )
+    try:
+        headers = b"POST /v1/posts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+        with _connect(srv) as slow_headers:
+            closed, _ = _closed_by_server_within(slow_headers, 20, headers + b"\r\nX-Pad: " + b"a" * 100)
+            assert closed, "a client trickling its headers kept the connection"
+        head = headers + b"\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+        with _connect(srv) as slow_body:
+            slow_body.sendall(head)
+            closed, answer = _closed_by_server_within(slow_body, 20, b"[" + b" " * 300)
+            assert closed, "a client trickling its body kept the connection"
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        held = [_connect(srv) for _ in range(4)]
+        try:
+            time.sleep(0.5)
+            with _connect(srv) as one_too_many:
+                one_too_many.settimeout(10)
+                answer = one_too_many.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+            assert b"too many connections" in answer
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while srv.request("GET", "/healthz", token=None)[0] != 200:  # freed slots serve again
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        stop_server(srv)

@@ -7,7 +7,9 @@ post is invalid (``invalid post at index 1: field 'created_at': …``) — then 
 is published, and the invalid posts are dead-lettered (the first ten one by one, the rest as one dead
 letter of the whole body); 503 when the broker did not acknowledge in time (nothing of the request is
 counted as seen, so a retry is not a duplicate); 202 ``{"accepted": n, "duplicates": d}`` once every
-new post is acknowledged.
+new post is acknowledged. Slow clients: no whole request head within ``INGEST__HTTP_HEADER_TIMEOUT_S``
+closes the connection, a body not read within ``INGEST__HTTP_BODY_TIMEOUT_S`` gets 408, and past
+``INGEST__HTTP_MAX_CONNECTIONS`` open connections the next one gets 503 and is closed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -56,6 +58,7 @@ class HttpSource:
         max_body: int,
         ack_timeout: float,
         max_posts: int = 1_000,
+        body_timeout: float = 30.0,
     ) -> None:
         self.pipeline = pipeline
         self.publisher = publisher
@@ -63,6 +66,7 @@ class HttpSource:
         self.max_body = max_body
         self.ack_timeout = ack_timeout
         self.max_posts = max_posts
+        self.body_timeout = body_timeout
         self.failure: str | None = None  # why the source cannot publish any more (it is stopping)
         self.on_failure: Callable[[], None] = lambda: None
         self.failed = asyncio.Event()
@@ -96,10 +100,15 @@ class HttpSource:
             count("too_large")
             return _json(413, {"error": f"body over {self.max_body} bytes"})
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             count("too_large")
             return _json(413, {"error": f"body over {self.max_body} bytes"})
+        except TimeoutError:
+            count("slow_client")
+            why = f"request body not received within {self.body_timeout:g} s"
+            return _json(408, {"error": why}, Connection="close")
         # Whatever a sender gets a 400 for, operators find in the DLQ (as the file source does).
         if not body.strip():
             return self._unreadable(body, "empty body: expected a post or a non-empty array of posts")
@@ -206,6 +215,46 @@ class HttpSource:
             )
 
 
+_BUSY = b'{"error": "too many connections: retry later"}\n'
+TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY)
+)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: one 503 and closed, before any of its bytes are read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        count("too_many_connections")
+        cast(asyncio.Transport, transport).write(TOO_MANY)
+        transport.close()
+
+
+class CappedSite(web.TCPSite):
+    """A TCP site that serves at most ``max_connections`` connections at once (aiohttp has no cap):
+    each one beyond gets a 503 and is closed, so slow or idle clients cannot pile up sockets and
+    memory. With the head and body timeouts, a slot held by a slow client frees itself."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int) -> None:
+        super().__init__(runner, host, port)
+        self.max_connections = max_connections
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        limit = self.max_connections
+
+        def protocol() -> asyncio.BaseProtocol:
+            return _Refused() if len(server.connections) >= limit else server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+
 def too_deep(doc: Any, limit: int) -> bool:
     """Whether ``doc`` nests arrays/objects more than ``limit`` deep (orjson reads 1,024 levels but
     writes only 254; a post needs four)."""
@@ -285,6 +334,7 @@ async def _serve(
         settings.ingest.max_body_bytes,
         settings.ingest.http_ack_timeout_s,
         settings.ingest.max_posts_per_request,
+        settings.ingest.http_body_timeout_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -307,9 +357,14 @@ async def _serve(
 
     poller = threading.Thread(target=poll, name="ingest-http-poll", daemon=True)
     poller.start()
-    runner = web.AppRunner(source.app(), access_log=None)
+    # keepalive_timeout: aiohttp closes a connection that has no whole request head this long after
+    # it opened or after its last response (a trickling client included: the timer is not reset by
+    # bytes that do not complete a head).
+    runner = web.AppRunner(
+        source.app(), access_log=None, keepalive_timeout=settings.ingest.http_header_timeout_s
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = CappedSite(runner, host, port, settings.ingest.http_max_connections)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     log.info("accepting posts", extra={"stage": STAGE, "url": f"http://{host}:{bound}/v1/posts"})
