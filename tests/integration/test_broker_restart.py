@@ -2,14 +2,15 @@
 
 What it checks: every acknowledged post (before, during and after) is on the topic afterwards; no POST
 ever gets a 500; and either the source goes on publishing, or it says it cannot (`/healthz` 503 once a
-post failed) and ends with exit code 1 and a one-line reason. The fatal OUT_OF_ORDER_SEQUENCE_NUMBER
-of the user test (issue 15, defect 1) did not reproduce here in this shape (the source survived, on the
-old code too), so this is a survival test; the fatal path itself is handled in
-``workers.ingest.sources.http`` (``HttpSource.fail``). Each test runs its own broker.
+post failed) and ends with exit code 1 and a one-line reason. A clean restart rarely loses acknowledged
+writes, so the fatal OUT_OF_ORDER_SEQUENCE_NUMBER of the user test (issue 15, defects 1 and 2) is made
+certain by a restart with the broker's data dropped (``_restart_empty``): the HTTP source and inference
+must then end with exit code 1 and the reason. Each test runs its own broker.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -125,6 +126,96 @@ def test_a_broker_restart_leaves_the_http_source_publishing_or_saying_it_cannot(
         f"after the restart: {answers}; exit code {proc.returncode}; acked while it shut down: "
         f"{len(window)}, of which lost: {lost}"
     )
+
+
+def _restart_empty(settings: Settings) -> None:
+    """Stop the broker, drop its data, start it again: a broker that lost every acknowledged write,
+    which makes an idempotent producer's next write fatal (OUT_OF_ORDER_SEQUENCE_NUMBER) every time,
+    as the user test's lost acks did by chance."""
+    services.down(settings, only=["kafka"])
+    shutil.rmtree(settings.local.data_dir / "kafka")
+    services.up(settings)
+    topics.provision(settings)
+
+
+def test_a_fatal_producer_error_turns_the_http_source_unhealthy_and_ends_it_with_exit_code_1(
+    private: Settings, tmp_path: Path
+) -> None:
+    # Issue 15, defect 1: the delivery thread died, /healthz said 200 and every POST got a 500.
+    port = free_port()
+    err_path = tmp_path / "http.err"
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulse.cli", "ingest", "http", "--port", str(port)],
+            env=stage_env(private, INGEST__HTTP_TOKEN=TOKEN, INGEST__HTTP_ACK_TIMEOUT_S="5"),
+            stderr=err,
+        )
+        srv = Server(port, proc)
+        try:
+            deadline = time.monotonic() + 60
+            while _status(srv, None) != 200:
+                assert proc.poll() is None and time.monotonic() < deadline, "the HTTP source did not come up"
+                time.sleep(0.2)
+            assert all(srv.post(post(i))[0] == 202 for i in range(12))  # every partition has a sequence
+            _restart_empty(private)
+            answers = []
+            deadline = time.monotonic() + 60
+            i = 100
+            while proc.poll() is None and time.monotonic() < deadline:
+                answers.append((_status(srv, post(i)), _status(srv, None)))
+                i += 1
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    text = err_path.read_text()
+    assert code == 1, (answers, text[-3000:])
+    assert answers and all(s in (0, 503) for s, _ in answers), answers  # never a 500, never a 202
+    assert all(h in (0, 503) for s, h in answers if s == 503), answers  # unhealthy once it failed
+    assert "Traceback" not in text, text[-3000:]
+    assert "cannot publish" in text and "OUT_OF_ORDER_SEQUENCE_NUMBER" in text, text[-3000:]
+
+
+def test_a_fatal_producer_error_ends_inference_with_one_line_and_exit_code_1(
+    private: Settings, tmp_path: Path
+) -> None:
+    # Issue 15, defect 2: inference aborted with "terminate called without an active exception" (134).
+    from tests.integration.test_inference_worker import (
+        SHIPPED,
+        WATCHLIST,
+        enriched_count,
+        posts_factory,
+        produce_posts,
+        start_process,
+        wait_for,
+    )
+
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text(WATCHLIST)
+    settings = private.model_copy(
+        update={
+            "inference": private.inference.model_copy(
+                update={"group_id": "infer-fatal", "model_dir": SHIPPED, "watchlist": watchlist}
+            )
+        }
+    )
+    log = tmp_path / "infer.log"
+    proc = start_process(settings, log)
+    try:
+        produce_posts(settings, posts_factory(60, "before"))
+        wait_for(lambda: enriched_count(settings) >= 60, 120, "the first posts enriched")
+        _restart_empty(settings)
+        produce_posts(settings, posts_factory(120, "after"))
+        code = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    assert "Traceback" not in text and "terminate called" not in text, text[-3000:]
+    assert "OUT_OF_ORDER_SEQUENCE_NUMBER" in text, text[-3000:]
 
 
 def _status(srv: Server, doc: object) -> int:

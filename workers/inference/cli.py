@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -117,6 +118,12 @@ def serve(settings: Settings, model: PostModel, watchlist: Watchlist) -> int:
         extra={"stage": "inference", "address": f"{server.server_address[0]!s}:{server.server_address[1]}"},
     )
     try:
-        return worker.run()
+        code = worker.run()
     finally:
         server.shutdown()
+    if worker.pipeline_alive():
+        # A step still running in native code would abort the interpreter's exit (rc 134): leave now.
+        log.error("a pipeline step did not stop in time: exiting", extra={"stage": "inference"})
+        logging.shutdown()
+        os._exit(code or 1)
+    return code

@@ -136,7 +136,9 @@ class InferenceWorker:
         self._delivered = 0
         self._owned: frozenset[TP] = frozenset()
         self._rate_mark = (time.monotonic(), 0)
-        self._producer = producer if producer is not None else make_producer(settings, STAGE)
+        if producer is None:
+            producer = make_producer(settings, STAGE, on_fatal=self._producer_fatal)
+        self._producer = producer
         self._consumer = (
             consumer
             if consumer is not None
@@ -202,10 +204,13 @@ class InferenceWorker:
             },
         )
         try:
-            while not self.stopping.is_set() and not self._failed.is_set():
-                self._step()
-                self._say_why_unassigned()
-            self._drain_all()
+            try:
+                while not self.stopping.is_set() and not self._failed.is_set():
+                    self._step()
+                    self._say_why_unassigned()
+                self._drain_all()
+            except KafkaException as exc:  # a fatal client error: one line and exit 1, no traceback
+                self._fail(WorkerFailed(f"the Kafka client failed for good: {_reason(exc)}"))
         finally:
             self._shutdown()
         if self._failure is not None:
@@ -328,9 +333,21 @@ class InferenceWorker:
         publish_dead_letter(self._producer, self.settings.topics.dlq, letter, on_delivery=callback)
         metrics.MESSAGES.labels(STAGE, "dead_letter").inc()
 
+    def _poll(self, timeout: float) -> None:
+        """Serve delivery reports; a producer that failed for good fails the worker instead."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            self._fail(WorkerFailed(f"the producer failed for good: {_reason(exc)}"))
+
+    def _producer_fatal(self, err: KafkaError) -> None:
+        # librdkafka's error callback: the producer is fenced (e.g. the broker lost records it had
+        # acknowledged, so the idempotent sequence no longer matches). Nothing more can be delivered.
+        self._fail(WorkerFailed(f"the producer failed for good: {err.name()}: {err.str()}"))
+
     def _account(self) -> None:
         """Apply delivery reports to the ledger and store the offsets that advanced."""
-        self._producer.poll(0)
+        self._poll(0)
         while self._deliveries:
             tp, offset, err = self._deliveries.popleft()
             if err is not None:
@@ -366,7 +383,7 @@ class InferenceWorker:
                     extra={"stage": STAGE, "in_flight": self._ledger.in_flight(tps) - abandoned},
                 )
                 return False
-            self._producer.poll(0.02)
+            self._poll(0.02)
             self._account()
         self._account()
         return True
@@ -381,15 +398,34 @@ class InferenceWorker:
         self._account()
 
     def _shutdown(self) -> None:
+        abandon = self._failed.is_set() or self._drain_gave_up
         for q in (self._tok_q, self._inf_q, self._out_q):
-            # A full queue means a stuck or failed thread: it is a daemon and dies with the process.
+            if abandon:  # what is queued is replayed from the committed offset: do not work through it
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        q.get_nowait()
+            # A full queue means a stuck thread: it is a daemon (see _join_pipeline).
             with contextlib.suppress(queue.Full):
                 q.put_nowait(_STOP)
         try:
             self._commit()
         finally:
             self._consumer.close()
-            self._producer.flush(5)
+            with contextlib.suppress(KafkaException):  # a fatal producer refuses to flush: it is gone
+                self._producer.flush(5)
+            self._join_pipeline()
+
+    def _join_pipeline(self) -> None:
+        # The pipeline threads finish the step in hand and stop. A process that exits while one of
+        # them is inside ONNX Runtime aborts ("terminate called without an active exception", 134).
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def pipeline_alive(self) -> bool:
+        """Whether a pipeline thread is still running after ``run`` returned (stuck in a step)."""
+        return any(t.is_alive() for t in self._threads)
 
     def _commit(self) -> None:
         """Commit the stored offsets now (auto-commit would do it within its interval)."""
@@ -473,6 +509,8 @@ class InferenceWorker:
         def run() -> None:
             try:
                 loop()
+            except KafkaException as exc:  # the producer failed for good: the reason, not a traceback
+                self._fail(WorkerFailed(f"the producer failed for good: {_reason(exc)}"))
             except BaseException as exc:  # a pipeline thread must never die silently
                 log.exception(
                     "pipeline step failed", extra={"stage": STAGE, "step": threading.current_thread().name}
@@ -539,3 +577,8 @@ class InferenceWorker:
     def _on_delivery(self, tp: TP, offset: int, err: KafkaError | None, msg: Message) -> None:
         # Runs on whichever thread polls the producer: hand the report to the main thread.
         self._deliveries.append((tp, offset, err))
+
+
+def _reason(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return f"{err.name()}: {err.str()}" if err is not None else str(exc)
