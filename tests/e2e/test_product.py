@@ -29,7 +29,8 @@ from tests.factories import enriched_factory, post_factory
 from tests.harness import WebhookReceiver, free_port, stage_env
 from workers.notify.delivery import SIGNATURE_HEADER, verify
 
-pytestmark = [pytest.mark.timeout(420)]
+# One `pulse run` at a time (its stages use their default ports): one pytest-xdist worker runs them all.
+pytestmark = [pytest.mark.timeout(420), pytest.mark.xdist_group("pulse-run")]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SECRET = "e2e-webhook-secret"
 HOSTILE = "Evilcorp <script>document.title='pwned'</script> <img src=x onerror=alert(1)> is great"
