@@ -195,7 +195,33 @@ def _kafka_up(settings: Settings, known: ServiceState | None) -> ServiceState:
 
 
 def _kafka_down(state: ServiceState) -> None:
-    # SIGINT is the broker's Ctrl-C: it saves its data and exits.
+    """Stop the broker without losing what it acknowledged: ``noida-db stop kafka`` first, then SIGINT.
+
+    Measured here (noida-db 0.2.3, a producer at full speed): SIGINT alone (the broker's Ctrl-C)
+    went on acknowledging writes for 30-60 ms after it began saving and lost them (130-883 of
+    26k-63k per stop), which also fences every idempotent producer that wrote them
+    (OUT_OF_ORDER_SEQUENCE_NUMBER after the restart). Stopping the Kafka service first closes its
+    listener before it saves: 0 lost in every run. SIGINT then ends the (now idle) server process.
+    """
+    if state.log and _process(state) is not None:
+        data_dir = Path(state.log).parent
+        try:
+            done = subprocess.run(
+                [str(_noida_binary()), "stop", "kafka", "--data-dir", str(data_dir)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if done.returncode != 0:
+                log.warning(
+                    "the broker did not stop its Kafka service: stopping the process",
+                    extra={"service": "kafka", "detail": done.stdout.strip()[-300:]},
+                )
+        except (OSError, subprocess.TimeoutExpired, ServiceError) as exc:
+            log.warning(
+                "the broker did not stop its Kafka service", extra={"service": "kafka", "error": str(exc)}
+            )
     _stop(state, signal.SIGINT)
 
 
