@@ -83,3 +83,20 @@ def test_config_prints_values_that_can_be_fed_back_as_environment_variables(
         if value and "*" not in value:
             monkeypatch.setenv(variable, value)
     Settings()
+
+
+def test_pulse_run_gives_every_consumer_a_stable_instance_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 15, defect 10: after kill -9, a default worker got no partitions for minutes (the local
+    # broker never expires a killed member); under a stable id a restart takes them back at once.
+    from pathlib import Path
+
+    from pulse.cli import _pipeline_stages
+    from pulse.settings import Settings
+
+    args = build_parser().parse_args(["run"])
+    monkeypatch.delenv("INFERENCE__INSTANCE_ID", raising=False)
+    monkeypatch.setenv("STREAMS__INSTANCE_ID", "mine")
+    stages = {s.name: s for s in _pipeline_stages(args, Settings())}
+    assert stages["inference"].env["INFERENCE__INSTANCE_ID"] == "pulse-run-inference"
+    assert stages["streams"].env["STREAMS__INSTANCE_ID"] == "mine"  # the user's own setting wins
+    assert Path(args.sample).exists()
