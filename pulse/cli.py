@@ -54,7 +54,7 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
         address = (
             known.address
             if known
-            else (settings.kafka.bootstrap_servers if name == "kafka" else settings.redis.url)
+            else (settings.kafka.bootstrap_servers if name == "kafka" else settings.redis.shown_url)
         )
         who = "started by pulse" if known and known.managed else "external" if ready else "-"
         print(f"{name:6} {'up' if ready else 'down':5} {address:32} {who}")
@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print("stop with: pulse services down")
         return 0
     print(
-        f"kafka {settings.kafka.bootstrap_servers}   redis {settings.redis.url}   "
+        f"kafka {settings.kafka.bootstrap_servers}   redis {settings.redis.shown_url}   "
         f"sample {args.sample} at {args.rate:g} posts/s   (Ctrl-C stops everything)"
     )
     code = Supervisor(settings, stages, settings.local.data_dir / "logs").run(args.duration)
@@ -176,7 +176,8 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
     if args.markdown:
         print(markdown_reference(), end="")
         return 0
-    current = settings.model_dump(mode="json")
+    current = settings.model_dump(mode="json")  # secrets (SecretStr) come out as '**********'
+    current["redis"]["url"] = settings.redis.shown_url
     for variable, _default, _meaning in reference():
         value: object = current
         for part in variable.lower().split("__"):

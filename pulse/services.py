@@ -244,7 +244,7 @@ def _valkey_binary() -> Path:
 
 
 def _redis_up(settings: Settings, known: ServiceState | None) -> ServiceState:
-    url = settings.redis.url
+    url = settings.redis.shown_url  # as the state file and messages show it (no password)
     if redis_client.ready(settings):
         managed = bool(known and known.managed and known.address == url and _process(known))
         return known if managed and known else ServiceState("redis", url, managed=False)

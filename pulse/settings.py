@@ -6,6 +6,7 @@ Nested sections use ``__`` in variable names: ``KAFKA__BOOTSTRAP_SERVERS``, ``RE
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -84,6 +85,11 @@ class RedisSettings(_Section):
     url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (no password in it: see password).")
     password: SecretStr | None = Field(None, description="Redis password (AUTH).")
     key_prefix: str = Field("pulse", description="Prefix of every key this deployment writes.")
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as logs and messages show it: a password written into it anyway is masked."""
+        return re.sub(r"^(\w+://)([^@/]*:)[^@/]*@", r"\1\2***@", self.url)
 
 
 class LocalSettings(_Section):
@@ -315,6 +321,12 @@ class AlertSettings(_Section):
         description="After an alert, the same kind for the same subject waits this long (event time).",
     )
     samples: int = Field(5, ge=0, le=50, description="Sample posts carried as evidence.")
+    retention_s: int = Field(
+        2_592_000,
+        ge=3600,
+        description="Alerts (and the sample texts in their evidence) are kept in Redis for the API this "
+        "long (30 days, as the alerts topic's retention.ms).",
+    )
 
 
 class ApiSettings(_Section):
@@ -350,6 +362,43 @@ class NotifySettings(_Section):
     http_port: int = Field(9104, ge=0, description="Port of /metrics and /healthz; 0 picks a free one.")
 
 
+REDACTABLE = ("email", "phone", "card", "ip")
+
+
+class PrivacySettings(_Section):
+    """What ingest removes from posts before they leave it (see docs/privacy.md)."""
+
+    pseudonymize_authors: bool = Field(
+        False,
+        description="Replace author ids and handles (and post ids and permalinks, which name the author) "
+        "by a keyed HMAC at ingest, and drop display names; distinct-author counts still work.",
+    )
+    hmac_key: SecretStr | None = Field(
+        None,
+        description="The key of that HMAC (required with PSEUDONYMIZE_AUTHORS; keep it secret and stable).",
+    )
+    redact: CommaList = Field(
+        (),
+        description=f"Personal data replaced in post text by a placeholder at ingest: any of "
+        f"{', '.join(REDACTABLE)} (e.g. 'email,phone').",
+    )
+    phone_region: str = Field(
+        "US",
+        min_length=2,
+        max_length=2,
+        description="Region (ISO 3166 code) for phone numbers written without a '+' country code.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacySettings:
+        unknown = sorted(set(self.redact) - set(REDACTABLE))
+        if unknown:
+            raise ValueError(f"cannot redact {', '.join(unknown)}: choose from {', '.join(REDACTABLE)}")
+        if self.pseudonymize_authors and (self.hmac_key is None or not self.hmac_key.get_secret_value()):
+            raise ValueError("PRIVACY__PSEUDONYMIZE_AUTHORS needs PRIVACY__HMAC_KEY (a long random secret)")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a Social Pulse process can be told. Built once per process, passed down."""
 
@@ -372,6 +421,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     api: ApiSettings = ApiSettings()
     notify: NotifySettings = NotifySettings()
+    privacy: PrivacySettings = PrivacySettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: key=value lines; json: one object."

@@ -257,7 +257,7 @@ def run(settings: Settings) -> int:
             "stage": STAGE,
             "topic": settings.topics.enriched,
             "group": settings.streams.group_id,
-            "redis": settings.redis.url,
+            "redis": settings.redis.shown_url,
             "metrics": f"{server.server_address[0]!s}:{server.server_address[1]}",
         },
     )

@@ -84,7 +84,7 @@ def rebuild(settings: Settings, *, since: str | None, wipe: bool, progress: bool
     keys = Keys(settings.redis.key_prefix, shards=cfg.shards)
     client = redis_client.client(settings, socket_timeout=30, socket_connect_timeout=5)
     if not redis_client.ready(settings):
-        raise RebuildError(f"Redis at {settings.redis.url} is not reachable")
+        raise RebuildError(f"Redis at {settings.redis.shown_url} is not reachable")
     existing = store_keys(client, keys)
     if existing and not wipe:
         raise RebuildError(

@@ -170,6 +170,9 @@ def test_a_negative_spike_on_one_brand_raises_exactly_one_alert_with_its_evidenc
     assert alert.id == f"negative_sentiment:brand:Acme:{alert.window.start.strftime('%Y-%m-%dT%H:%M:%SZ')}:60"
     # The API's view of it is the published one, and the events stream carries it.
     assert harness.reader.alerts([alert.id]) == [encode(alert)]
+    # Its evidence holds post texts: it expires (ALERTS__RETENTION_S, privacy).
+    keep = harness.settings.alerts.retention_s
+    assert 0 < harness.client.ttl(Keys(harness.settings.redis.key_prefix).alert(alert.id)) <= keep
 
 
 def test_a_praise_wave_raises_a_positive_alert_and_not_a_negative_one(harness: Harness) -> None:

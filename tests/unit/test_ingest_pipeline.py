@@ -242,3 +242,25 @@ def test_text_and_names_lose_control_characters_and_ids_may_be_numbers() -> None
         first, second = (decode(v, RawPost) for v in out.values)
         assert first.text == "hi there [31mred tab line" and first.author.display_name == "Ann B"
         assert second.url == "http://example.org/p/1"
+
+
+def test_private_posts_are_pseudonymised_and_redacted_on_both_paths_and_dedup_sees_published_ids() -> None:
+    from workers.ingest.privacy import Privacy, Pseudonymizer, Redactor
+
+    detector = FakeDetector()
+    privacy = Privacy(Pseudonymizer(b"key"), Redactor(["email"]))
+    p = Pipeline(RecordBuilder(), detector, RecentIds(100), clock=lambda: NOW, privacy=privacy)
+    author = {"id": "u1", "handle": "jane"}
+    warm = [line(id=f"w{i}", author=author, text=f"mail jane@example.com {i}") for i in range(3)]
+    p.process(Batch(warm[:1]))  # the next batch takes the bulk path
+    out = p.process(
+        Batch([*warm[1:], line(id="x", lang=None, author=author, text="écris à jane@example.com")])
+    )
+    posts = [decode(post.value, RawPost) for post in out.posts]
+    assert [post.key.decode() for post in out.posts] == [x.id for x in posts]
+    assert all(x.id.startswith("test:anon-") and x.author.id.startswith("anon-") for x in posts)
+    assert len({x.author.id for x in posts}) == 1 and {x.author.handle for x in posts} != {"jane"}
+    assert [x.text for x in posts] == ["mail [email] 1", "mail [email] 2", "écris à [email]"]
+    assert detector.asked == ["écris à [email]"]  # language detection reads the redacted text
+    again = p.process(Batch([warm[2]]))
+    assert again.duplicates == [0] and not again.posts  # dedup keys are the published ids

@@ -40,7 +40,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     )
     settings = settings.model_copy(update={"api": cfg})
     if not redis_client.ready(settings):
-        print(f"pulse api: error: Redis at {settings.redis.url} is not reachable", file=sys.stderr)
+        print(f"pulse api: error: Redis at {settings.redis.shown_url} is not reachable", file=sys.stderr)
         return 2
     keys = Keys(settings.redis.key_prefix, shards=settings.streams.shards)
     reader = TrendReader(

@@ -16,6 +16,7 @@ from workers.ingest.dedup import RecentIds
 from workers.ingest.language import Py3LangidDetector
 from workers.ingest.mapping import FieldMapping
 from workers.ingest.pipeline import STAGE, Pipeline
+from workers.ingest.privacy import Privacy
 from workers.ingest.publisher import Publisher
 from workers.ingest.records import RecordBuilder, Replay
 
@@ -60,7 +61,8 @@ def pipeline(
             log.info("dedup window warmed from the topic", extra={"stage": STAGE, "keys": n})
     tune_gc()
     builder = RecordBuilder(platform, replay=replay)
-    return Pipeline(builder, detector(settings), recent, mapping), publisher
+    privacy = Privacy.from_settings(settings.privacy)
+    return Pipeline(builder, detector(settings), recent, mapping, privacy=privacy), publisher
 
 
 def serve_metrics(

@@ -20,6 +20,7 @@ from schemas import DeadLetter, DecodeError
 from workers.ingest.dedup import RecentIds
 from workers.ingest.language import LanguageDetector
 from workers.ingest.mapping import FieldMapping, apply_mapping
+from workers.ingest.privacy import Privacy
 from workers.ingest.records import WIRE_OPTIONS, RecordBuilder, encode_doc, wire_time
 
 STAGE = "ingest"
@@ -101,12 +102,14 @@ class Pipeline:
         dedup: RecentIds,
         mapping: FieldMapping | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        privacy: Privacy | None = None,
     ) -> None:
         self.builder = builder
         self.detector = detector
         self.dedup = dedup
         self.mapping = mapping
         self.clock = clock
+        self.privacy = privacy if privacy is not None and privacy.active else None
 
     def process(self, batch: Batch, dedup: bool = True) -> Outcome:
         """Posts to publish (in batch order), dead letters, duplicates. ``dedup=False`` leaves the window
@@ -134,6 +137,8 @@ class Pipeline:
             keys = [m[1] for m in merged]
             values = [m[2] for m in merged]  # type: ignore[misc]
             created = [m[3] for m in merged]
+        if self.privacy is not None and keys:
+            self._make_private(keys, values, positions, careful or [])
         if dedup and keys:
             repeated = self.dedup.add_batch(keys)
             if repeated:
@@ -155,6 +160,25 @@ class Pipeline:
                     values[i] = encode_doc(doc)
         out.keys, out.values, out.created, out.positions = keys, values, created, positions
         return out
+
+    def _make_private(
+        self,
+        keys: list[str],
+        values: list[Any],  # bytes, or None where language detection is still to come
+        positions: list[int],
+        careful: list[tuple[int, str, bytes | None, datetime, dict[str, Any]]],
+    ) -> None:
+        """``PRIVACY__*`` applied to every post, in place, before dedup (which then sees the ids as
+        published: a restarted ingest's window, warmed from the topic, holds those)."""
+        assert self.privacy is not None
+        waiting = {p: doc for p, _, v, _, doc in careful if v is None}
+        for i, value in enumerate(values):
+            if value is None:  # encoded after language detection (from the redacted text)
+                doc = self.privacy.apply(waiting[positions[i]])
+            else:
+                doc = self.privacy.apply(orjson.loads(value))
+                values[i] = encode_doc(doc)
+            keys[i] = doc["id"]
 
     def _careful(
         self, batch: Batch, indexes: Iterable[int], ingested_at: str, now: datetime, out: Outcome

@@ -1,0 +1,183 @@
+"""What ingest removes from a post before it leaves: authors pseudonymised, personal data redacted.
+
+Pure: a built wire document in, the document to publish out. Off by default (``PRIVACY__*``); when on,
+nothing downstream (topics, Redis, the API, alerts) ever holds what was removed. What each setting
+does, and what stays, is in docs/privacy.md.
+
+- **Pseudonymised authors**: the author's id and handle become a keyed HMAC-SHA256 (stable, so distinct
+  authors still count; not reversible without the key). The post id and permalink usually name the
+  author (a Bluesky id holds the DID, a Mastodon URL the account), so the id becomes the platform plus
+  the HMAC of the original id (a later deletion of that id maps to the same value) and the permalink
+  goes; the display name goes.
+- **Redaction**: e-mail addresses, phone numbers (``phonenumbers``, Google's libphonenumber metadata:
+  a maintained library where a regular expression would match dates and order numbers), payment card
+  numbers (13-19 digits passing the Luhn check) and IP addresses are replaced in the text by a
+  placeholder such as ``[email]``. NER runs on the redacted text, so entity offsets refer to it; the
+  placeholders are lower-case words in brackets, which the entity model does not read as names. Links
+  in ``urls`` that held any of these are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from schemas.models import MAX_TEXT_LENGTH
+
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_IP = re.compile(
+    r"(?<![\w.:])(?:(?:\d{1,3}\.){3}\d{1,3}|(?=[0-9A-Fa-f:]*:[0-9A-Fa-f:]*:)[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w.:])"
+)
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn checksum every payment card number passes (1 in 10 random digit strings do)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+Span = tuple[int, int]
+
+
+def _emails(text: str) -> Iterable[Span]:
+    return (m.span() for m in _EMAIL.finditer(text))
+
+
+def _cards(text: str) -> Iterable[Span]:
+    for m in _CARD.finditer(text):
+        if luhn_ok(re.sub(r"[ -]", "", m.group())):
+            yield m.span()
+
+
+def _ips(text: str) -> Iterable[Span]:
+    for m in _IP.finditer(text):
+        try:
+            ipaddress.ip_address(m.group())
+        except ValueError:
+            continue
+        yield m.span()
+
+
+class _Phones:
+    def __init__(self, region: str) -> None:
+        import phonenumbers  # only when phone redaction is on
+
+        self._matcher = phonenumbers.PhoneNumberMatcher
+        self._leniency = phonenumbers.Leniency.VALID
+        self.region = region.upper()
+
+    def __call__(self, text: str) -> Iterable[Span]:
+        return ((m.start, m.end) for m in self._matcher(text, self.region, leniency=self._leniency))
+
+
+class Redactor:
+    """Replaces each kind of personal data in a text by ``[kind]``, in a fixed order (e-mail first: an
+    address may hold digits; cards before phones: a card number can look like one)."""
+
+    ORDER = ("email", "card", "phone", "ip")
+
+    def __init__(self, kinds: Iterable[str], phone_region: str = "US") -> None:
+        wanted = set(kinds)
+        finders: dict[str, Callable[[str], Iterable[Span]]] = {
+            "email": _emails,
+            "card": _cards,
+            "ip": _ips,
+        }
+        if "phone" in wanted:
+            finders["phone"] = _Phones(phone_region)
+        self.finders = [(kind, finders[kind]) for kind in self.ORDER if kind in wanted]
+
+    def __bool__(self) -> bool:
+        return bool(self.finders)
+
+    def redact(self, text: str) -> tuple[str, dict[str, int]]:
+        """The text with every match replaced, and how many of each kind were found."""
+        found: dict[str, int] = {}
+        for kind, find in self.finders:
+            spans = list(find(text))
+            if not spans:
+                continue
+            found[kind] = len(spans)
+            placeholder = f"[{kind}]"
+            parts, last = [], 0
+            for start, end in spans:
+                parts += [text[last:start], placeholder]
+                last = end
+            parts.append(text[last:])
+            text = "".join(parts)
+        return text[:MAX_TEXT_LENGTH], found
+
+
+class Pseudonymizer:
+    """Keyed HMAC-SHA256 of author ids, handles and post ids: stable per key, not reversible without it."""
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("a pseudonymisation key must not be empty")
+        self._key = key
+
+    def digest(self, kind: str, value: str) -> str:
+        mac = hmac.new(self._key, f"{kind}\x00{value}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:32]  # 128 bits: no collisions among any platform's authors
+
+    def author_id(self, platform: str, author_id: str) -> str:
+        return f"anon-{self.digest('author:' + platform, author_id)}"
+
+    def handle(self, platform: str, handle: str) -> str:
+        return f"anon-{self.digest('handle:' + platform, handle.lower())}"
+
+    def post_id(self, platform: str, post_id: str) -> str:
+        return f"{platform}:anon-{self.digest('post', post_id)}"
+
+
+class Privacy:
+    """Applies the ``PRIVACY__*`` settings to built wire documents (``apply``); ``active`` is False when
+    every setting is off, and then ingest does not touch the documents at all."""
+
+    def __init__(self, pseudonymizer: Pseudonymizer | None, redactor: Redactor | None) -> None:
+        self.pseudonymizer = pseudonymizer
+        self.redactor = redactor if redactor else None
+        self.redacted: dict[str, int] = {}  # matches replaced so far, per kind (for the metrics)
+
+    @classmethod
+    def from_settings(cls, privacy: Any) -> Privacy:
+        key = privacy.hmac_key.get_secret_value().encode() if privacy.hmac_key else b""
+        return cls(
+            Pseudonymizer(key) if privacy.pseudonymize_authors else None,
+            Redactor(privacy.redact, privacy.phone_region) if privacy.redact else None,
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.pseudonymizer is not None or self.redactor is not None
+
+    def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """``doc`` (a built RawPost document) with the settings applied, changed in place."""
+        if self.pseudonymizer is not None:
+            p, platform = self.pseudonymizer, doc["platform"]
+            author = doc["author"]
+            author["id"] = p.author_id(platform, author["id"])
+            if author.get("handle"):
+                author["handle"] = p.handle(platform, author["handle"])
+            author.pop("display_name", None)
+            doc["id"] = p.post_id(platform, doc["id"])
+            doc.pop("url", None)
+        if self.redactor is not None:
+            text, found = self.redactor.redact(doc["text"])
+            if found:
+                doc["text"] = text
+                for kind, n in found.items():
+                    self.redacted[kind] = self.redacted.get(kind, 0) + n
+            if doc.get("urls"):
+                doc["urls"] = [u for u in doc["urls"] if not self.redactor.redact(u)[1]]
+        return doc
