@@ -64,6 +64,7 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
         INFERENCE__INTRA_OP_THREADS="1",
         STREAMS__HTTP_PORT="0",
         STREAMS__GROUP_ID=f"privacy-{settings.redis.key_prefix}",
+        INFERENCE__GROUP_ID=f"privacy-{settings.redis.key_prefix}",  # its own: a group another test left
     )
     ingest = subprocess.run(
         [*PULSE, "ingest", "file", str(source), "--no-warm", "--metrics-port", "-1"],
@@ -79,9 +80,9 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
     ]
     reader = TrendReader(redis_client.client(settings), Keys(settings.redis.key_prefix))
     try:
-        enriched = [
-            decode(v, EnrichedPost) for _, v in read_topic(settings, settings.topics.enriched, expect=30)
-        ]
+        found = read_topic(settings, settings.topics.enriched, expect=30, timeout=120)
+        enriched = [decode(v, EnrichedPost) for _, v in found]
+        assert len(enriched) == 30
         deadline = time.monotonic() + 120
         while (reader.latest_event_ms() or 0) < int(now.timestamp() * 1000) or not _samples(settings):
             assert time.monotonic() < deadline, "the streams stage did not count the posts"

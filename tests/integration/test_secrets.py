@@ -42,6 +42,9 @@ def test_no_stage_and_no_config_output_shows_a_secret(settings: Settings, tmp_pa
         LOG_LEVEL="DEBUG",
         API__PORT=str(api_port),
         NOTIFY__WEBHOOKS="http://127.0.0.1:9/hook",
+        INFERENCE__GROUP_ID=f"secrets-{settings.redis.key_prefix}",
+        STREAMS__GROUP_ID=f"secrets-{settings.redis.key_prefix}",
+        NOTIFY__GROUP_ID=f"secrets-{settings.redis.key_prefix}",
     )
     config = subprocess.run([*PULSE, "config"], env=env, capture_output=True, text=True, timeout=60)
     assert config.returncode == 0, config.stderr
@@ -89,7 +92,6 @@ def test_no_stage_and_no_config_output_shows_a_secret(settings: Settings, tmp_pa
     outputs = {"pulse config": config.stdout + config.stderr}
     outputs.update({name: path.read_text(errors="replace") for name, path in logs.items()})
     assert "DEBUG" in outputs["http"] or "debug" in outputs["http"]  # the stages did log at DEBUG
-    print({name: len(text.splitlines()) for name, text in outputs.items()})
     for name, text in outputs.items():
         for secret in [*SECRETS.values(), REDIS_PASSWORD]:
             assert secret not in text, f"{name} printed a secret:\n{text[-2000:]}"
