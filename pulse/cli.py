@@ -207,7 +207,8 @@ def settings_problem(exc: ValidationError) -> str:
     shown = given if isinstance(given, str | int | float) else None
     what = f"{variable}={shown}" if shown is not None else variable
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"setting {what}: {first.get('msg', 'invalid')}{more}"
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")  # a validator's own words
+    return f"setting {what}: {message}{more}" if what else f"settings: {message}{more}"
 
 
 def build_parser() -> argparse.ArgumentParser:

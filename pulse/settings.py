@@ -451,6 +451,25 @@ class Settings(BaseSettings):
         kafka["producer"] = {**moved, **producer}
         return {**data, "kafka": kafka}
 
+    @model_validator(mode="after")
+    def _one_group_per_stage(self) -> Settings:
+        """Each consuming stage needs its own consumer group: a faust member joining the inference
+        workers' group (measured here) revoked their partitions and crashed librdkafka
+        (``rd_slice_init_full: Assertion `r == 0' failed``)."""
+        groups = {
+            "INFERENCE__GROUP_ID": self.inference.group_id,
+            "STREAMS__GROUP_ID": self.streams.group_id,
+            "NOTIFY__GROUP_ID": self.notify.group_id,
+        }
+        seen: dict[str, str] = {}
+        for name, group in groups.items():
+            if group in seen:
+                raise ValueError(
+                    f"{seen[group]} and {name} are both {group!r}: each stage needs a group of its own"
+                )
+            seen[group] = name
+        return self
+
     def deprecations(self) -> list[str]:
         """One line per deprecated variable in use, for ``main()`` to log once logging is set up."""
         return [

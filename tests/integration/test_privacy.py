@@ -64,7 +64,7 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
         INFERENCE__INTRA_OP_THREADS="1",
         STREAMS__HTTP_PORT="0",
         STREAMS__GROUP_ID=f"privacy-{settings.redis.key_prefix}",
-        INFERENCE__GROUP_ID=f"privacy-{settings.redis.key_prefix}",  # its own: a group another test left
+        INFERENCE__GROUP_ID=f"privacy-infer-{settings.redis.key_prefix}",  # not a group another test left
     )
     ingest = subprocess.run(
         [*PULSE, "ingest", "file", str(source), "--no-warm", "--metrics-port", "-1"],
@@ -74,9 +74,10 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
         timeout=120,
     )
     assert ingest.returncode == 0, ingest.stderr
+    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("infer", "streams")}
     stages = [
-        subprocess.Popen([*PULSE, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for argv in (["infer"], ["streams"])
+        subprocess.Popen([*PULSE, name], env=env, stdout=out, stderr=subprocess.STDOUT)
+        for name, out in logs.items()
     ]
     reader = TrendReader(redis_client.client(settings), Keys(settings.redis.key_prefix))
     try:
@@ -86,7 +87,8 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
         deadline = time.monotonic() + 120
         while (reader.latest_event_ms() or 0) < int(now.timestamp() * 1000) or not _samples(settings):
             assert time.monotonic() < deadline, "the streams stage did not count the posts"
-            assert all(p.poll() is None for p in stages)
+            for name, proc in zip(logs, stages, strict=True):
+                assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
             time.sleep(0.5)
         time.sleep(2)  # the batch after the first one, if any
     finally:
@@ -94,6 +96,8 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
             proc.send_signal(signal.SIGTERM)
         for proc in stages:
             proc.wait(60)
+        for out in logs.values():
+            out.close()
     assert len({e.post.author.id for e in enriched}) == 3  # stable pseudonyms: three distinct authors
     assert all("[email]" in e.post.text and "[phone]" in e.post.text for e in enriched)
     seen = []

@@ -42,9 +42,9 @@ def test_no_stage_and_no_config_output_shows_a_secret(settings: Settings, tmp_pa
         LOG_LEVEL="DEBUG",
         API__PORT=str(api_port),
         NOTIFY__WEBHOOKS="http://127.0.0.1:9/hook",
-        INFERENCE__GROUP_ID=f"secrets-{settings.redis.key_prefix}",
+        INFERENCE__GROUP_ID=f"secrets-infer-{settings.redis.key_prefix}",
         STREAMS__GROUP_ID=f"secrets-{settings.redis.key_prefix}",
-        NOTIFY__GROUP_ID=f"secrets-{settings.redis.key_prefix}",
+        NOTIFY__GROUP_ID=f"secrets-notify-{settings.redis.key_prefix}",
     )
     config = subprocess.run([*PULSE, "config"], env=env, capture_output=True, text=True, timeout=60)
     assert config.returncode == 0, config.stderr

@@ -95,3 +95,12 @@ def test_the_old_ingest_producer_variables_still_work_for_one_release_and_say_so
     lines = settings.deprecations()
     assert len(lines) == 3
     assert "INGEST__COMPRESSION is deprecated" in lines[0] and "KAFKA__PRODUCER__COMPRESSION" in lines[0]
+
+
+def test_two_stages_in_one_consumer_group_is_a_clear_error() -> None:
+    import pytest
+
+    from pulse.settings import load
+
+    with pytest.raises(ValueError, match="INFERENCE__GROUP_ID and STREAMS__GROUP_ID are both 'g'"):
+        load(inference={"group_id": "g"}, streams={"group_id": "g"})
