@@ -32,7 +32,7 @@ class QueueFullTimeout(BufferError):
 def produce(
     producer: Producer,
     topic: str,
-    value: bytes,
+    value: bytes | None,
     key: bytes | str | None = None,
     *,
     on_delivery: DeliveryCallback | None = None,

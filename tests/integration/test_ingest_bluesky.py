@@ -68,6 +68,17 @@ MESSAGES = [
     post(3, "bad clock", created="2026-11-28 12:00:03"),  # no timezone: a dead letter
     post(4, "Globex est vraiment génial aujourd'hui", langs=["fr"]),
     post(5, "Das neue Acme Telefon ist großartig", langs=["de"]),
+    {  # ann deletes post 4: the commit carries the DID and rkey, no record
+        "did": DID,
+        "time_us": T0 + 6_000_000,
+        "kind": "commit",
+        "commit": {
+            "rev": "3lz",
+            "operation": "delete",
+            "collection": "app.bsky.feed.post",
+            "rkey": "3kpost4",
+        },
+    },
 ]
 DROP_AFTER = 3  # the first connection dies after this many messages
 
@@ -135,7 +146,7 @@ def test_jetstream_posts_arrive_once_and_the_stream_resumes_from_its_cursor(
         stderr=subprocess.PIPE,
     )
     try:
-        got = read_topic(settings, settings.topics.raw, expect=4)
+        records = read_topic(settings, settings.topics.raw, expect=6)
         letters = [
             decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=1, settle=0)
         ]
@@ -144,6 +155,13 @@ def test_jetstream_posts_arrive_once_and_the_stream_resumes_from_its_cursor(
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
 
+    got = [(k, v) for k, v in records if v is not None]
+    # Deletions are tombstones keyed by the post's id (whether or not the post was seen here).
+    tombstones = sorted(k for k, v in records if v is None)
+    assert tombstones == [
+        f"bluesky:at://{k}".encode()
+        for k in (f"{DID}/app.bsky.feed.post/3kpost4", "did:plc:other/app.bsky.feed.post/3kold")
+    ]
     keys = [k for k, _ in got]
     assert len(keys) == len(set(keys)) == 4, keys  # the replayed overlap was dropped by dedup
     posts = {decode(v, RawPost).url.rsplit("/", 1)[1]: decode(v, RawPost) for _, v in got}  # type: ignore[union-attr]

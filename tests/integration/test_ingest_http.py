@@ -312,3 +312,16 @@ def test_slow_clients_are_cut_off_and_connections_are_capped(settings: Settings)
             time.sleep(0.2)
     finally:
         stop_server(srv)
+
+
+def test_delete_publishes_a_tombstone_after_the_post_and_the_id_may_come_again(
+    server: Server, settings: Settings
+) -> None:
+    assert server.post(post(7))[0] == 202
+    assert server.request("DELETE", "/v1/posts/web:7", token=None)[0] == 401
+    status, answer = server.request("DELETE", "/v1/posts/web:7")
+    assert (status, answer) == (202, {"deleted": "web:7"})
+    assert server.request("DELETE", "/v1/posts/web%007")[0] == 400  # a NUL in the id
+    assert server.post(post(7))[1] == {"accepted": 1, "duplicates": 0}  # posted again: a new post
+    got = [(k, v is None) for k, v in read_topic(settings, settings.topics.raw, expect=3)]
+    assert got == [(b"web:7", False), (b"web:7", True), (b"web:7", False)]

@@ -80,6 +80,7 @@ SECOND = [
     sse("update", status(4, "<p>Boost</p>", reblog=status(1, "<p>x</p>"))),  # a boost is not a new post
     b":thump\n\n",
     sse("update", status(5, f"<p>Le nouveau téléphone Acme est génial {HASHTAG}</p>", language="fr")),
+    sse("delete", "113565442938390005"),  # its author deleted it: a tombstone for its id
 ]
 
 
@@ -150,7 +151,7 @@ def test_mastodon_updates_arrive_once_across_a_reconnect(settings: Settings, mas
         stderr=subprocess.PIPE,
     )
     try:
-        got = read_topic(settings, settings.topics.raw, expect=3)
+        got = read_topic(settings, settings.topics.raw, expect=5)
         letters = [
             decode(v, DeadLetter) for _, v in read_topic(settings, settings.topics.dlq, expect=1, settle=0)
         ]
@@ -159,10 +160,15 @@ def test_mastodon_updates_arrive_once_across_a_reconnect(settings: Settings, mas
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
 
-    posts = {k: decode(v, RawPost) for k, v in got}
-    assert len(got) == len(posts) == 3
-    base = "mastodon:https://chaos.social/users/ann/statuses/11356544293839"
+    posts = {k: decode(v, RawPost) for k, v in got if v is not None}
+    base = "mastodon:127.0.0.1:11356544293839"  # <instance host>:<status id>, as a delete event names it
+    assert len(posts) == 3
     assert sorted(posts) == [f"{base}0001".encode(), f"{base}0002".encode(), f"{base}0005".encode()]
+    # Deletions are tombstones keyed by the id, after the post when the post was seen (0099 was not).
+    tombstones = [k for k, v in got if v is None]
+    assert sorted(set(tombstones)) == [f"{base}0005".encode(), f"{base}0099".encode()]
+    five = [v is None for k, v in got if k == f"{base}0005".encode()]
+    assert five == [False, True]  # one partition per key: the post, then its tombstone
     p1, p2, p5 = (posts[f"{base}000{n}".encode()] for n in (1, 2, 5))
     assert p1.text == "Acme support fixed it in minutes #acme" and p1.hashtags == ("acme",)
     assert (p1.author.handle, p1.lang, p5.lang) == ("ann@127.0.0.1", "en", "fr")

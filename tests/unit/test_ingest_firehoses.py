@@ -177,7 +177,7 @@ def test_mastodon_status_html_becomes_the_visible_text() -> None:
     assert record is not None
     post = publish(record)
     assert post.text == "Der #Acme Support ist super! @bob Mehr: https://acme.example/blog/2026/x & so"
-    assert post.id == "mastodon:https://chaos.social/users/ann/statuses/113565442938394122"
+    assert post.id == "mastodon:chaos.social:113565442938394122"
     assert (post.author.id, post.author.handle, post.lang) == (
         "https://chaos.social/@ann",
         "ann@chaos.social",

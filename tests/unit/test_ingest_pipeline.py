@@ -258,7 +258,7 @@ def test_private_posts_are_pseudonymised_and_redacted_on_both_paths_and_dedup_se
     )
     posts = [decode(post.value, RawPost) for post in out.posts]
     assert [post.key.decode() for post in out.posts] == [x.id for x in posts]
-    assert all(x.id.startswith("test:anon-") and x.author.id.startswith("anon-") for x in posts)
+    assert all(x.id.startswith("anon-") and x.author.id.startswith("anon-") for x in posts)
     assert len({x.author.id for x in posts}) == 1 and {x.author.handle for x in posts} != {"jane"}
     assert [x.text for x in posts] == ["mail [email] 1", "mail [email] 2", "écris à [email]"]
     assert detector.asked == ["écris à [email]"]  # language detection reads the redacted text

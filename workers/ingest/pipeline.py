@@ -36,6 +36,7 @@ class Item:
     value: Any = _NOT_PARSED
     origin: str | None = None  # overrides the batch's origin, e.g. a firehose message's URL
     problem: str | None = None
+    deleted: str | None = None  # not a post: the platform deleted the post with this id
 
 
 @dataclass(slots=True)
@@ -82,6 +83,7 @@ class Outcome:
     dead: list[DeadLetter] = field(default_factory=list)
     rejected: list[tuple[int, DecodeError]] = field(default_factory=list)  # (index in batch, error)
     duplicates: list[int] = field(default_factory=list)  # indexes in the batch
+    deletions: list[str] = field(default_factory=list)  # ids of deleted posts: tombstones to publish
     blank: int = 0  # empty or whitespace-only lines: not records, but counted (read = all of these)
 
     @cached_property
@@ -203,6 +205,10 @@ class Pipeline:
                         raise DecodeError("RawPost", "", f"not valid JSON ({exc})") from None
                 else:
                     assert isinstance(record, Item)
+                    if record.deleted is not None:
+                        deleted = record.deleted
+                        out.deletions.append(self.privacy.deleted_id(deleted) if self.privacy else deleted)
+                        continue
                     if record.problem is not None:
                         raise DecodeError("RawPost", "", record.problem)
                     value = loads(record.original) if record.value is _NOT_PARSED else record.value

@@ -26,8 +26,9 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from schemas.models import MAX_TEXT_LENGTH
+from schemas.models import MAX_TEXT_LENGTH, PLATFORM_PATTERN
 
+_PLATFORM = re.compile(PLATFORM_PATTERN)
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IP = re.compile(
@@ -136,8 +137,12 @@ class Pseudonymizer:
     def handle(self, platform: str, handle: str) -> str:
         return f"anon-{self.digest('handle:' + platform, handle.lower())}"
 
-    def post_id(self, platform: str, post_id: str) -> str:
-        return f"{platform}:anon-{self.digest('post', post_id)}"
+    def post_id(self, post_id: str) -> str:
+        """``<platform>:anon-<HMAC>`` when the id starts with its platform (``bluesky:at://…``), else
+        ``anon-<HMAC>``: computed from the id alone, so a deletion that knows only the id maps to it."""
+        head, sep, _ = post_id.partition(":")
+        prefix = f"{head}:" if sep and _PLATFORM.match(head) else ""
+        return f"{prefix}anon-{self.digest('post', post_id)}"
 
 
 class Privacy:
@@ -161,6 +166,10 @@ class Privacy:
     def active(self) -> bool:
         return self.pseudonymizer is not None or self.redactor is not None
 
+    def deleted_id(self, post_id: str) -> str:
+        """The id a deletion of ``post_id`` is published under: the id the post itself was given."""
+        return self.pseudonymizer.post_id(post_id) if self.pseudonymizer is not None else post_id
+
     def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
         """``doc`` (a built RawPost document) with the settings applied, changed in place."""
         if self.pseudonymizer is not None:
@@ -170,7 +179,7 @@ class Privacy:
             if author.get("handle"):
                 author["handle"] = p.handle(platform, author["handle"])
             author.pop("display_name", None)
-            doc["id"] = p.post_id(platform, doc["id"])
+            doc["id"] = p.post_id(doc["id"])
             doc.pop("url", None)
         if self.redactor is not None:
             text, found = self.redactor.redact(doc["text"])

@@ -161,7 +161,7 @@ class Publisher:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         on_delivery: DeliveryCallback | None = None,
     ) -> None:
         """Produce one record, waiting while the local queue is full (backpressure, never a drop)."""
@@ -186,6 +186,10 @@ class Publisher:
             self._sample = 0
             on_delivery = self._timed(time.perf_counter(), on_delivery)
         self.produce(self.topic, key, value, on_delivery)  # type: ignore[arg-type]
+
+    def delete(self, key: bytes | str, on_delivery: DeliveryCallback | None = None) -> None:
+        """Publish a deletion: a tombstone (no value) keyed by the deleted post's id."""
+        self.produce(self.topic, key.encode() if isinstance(key, str) else key, None, on_delivery)
 
     def publish_many(self, posts: Iterable[Post]) -> None:
         """``publish`` for a batch of ``Post``s."""

@@ -31,6 +31,7 @@ class Stats:
     dead_letters: int = 0
     unsent: int = 0  # read but not handed over because a stop came first
     blank: int = 0  # blank lines: read, not records
+    deletions: int = 0  # deletion records: published as tombstones (counted in published too)
 
 
 class Progress:
@@ -131,6 +132,10 @@ class Runner:
                 stats.sent += len(outcome.keys)
             else:
                 self._paced(outcome.posts, started)
+            for key in outcome.deletions:  # after the batch's posts: a post and its deletion stay in order
+                publisher.delete(key)
+            stats.deletions += len(outcome.deletions)
+            count("deleted", len(outcome.deletions))
             publisher.poll()
             publisher.check()
             if self.progress is not None:
@@ -165,6 +170,7 @@ class Runner:
             "dead_letters": stats.dead_letters,
             "blank": stats.blank,
             "unsent": stats.unsent,
+            **({"deletions": stats.deletions} if stats.deletions else {}),
         }
         if stats.unsent:
             count("unsent", stats.unsent)

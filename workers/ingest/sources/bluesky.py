@@ -1,4 +1,6 @@
-"""Bluesky through Jetstream: JSON over a WebSocket, ``app.bsky.feed.post`` create commits only.
+"""Bluesky through Jetstream: JSON over a WebSocket, ``app.bsky.feed.post`` create and delete commits.
+
+A delete commit becomes a deletion of the post's id (a tombstone on ``posts.raw``, see docs/privacy.md).
 
 Every message carries ``time_us``, Jetstream's cursor. After a reconnect the source asks for the
 stream from the last cursor it saw minus a small rewind (Jetstream's advice for gapless playback);
@@ -57,7 +59,7 @@ def post_record(message: dict[str, Any], handles: HandleCache | None = None) -> 
     if not isinstance(record, dict):
         record = {}
     out: dict[str, Any] = {
-        "id": f"bluesky:at://{did}/{COLLECTION}/{rkey}",
+        "id": post_id(did, rkey),
         "platform": "bluesky",
         "author": {
             "id": did,
@@ -74,6 +76,24 @@ def post_record(message: dict[str, Any], handles: HandleCache | None = None) -> 
     if links:
         out["links"] = links  # the text shows links shortened ('acme.example/blog/20...'); facets in full
     return out
+
+
+def post_id(did: object, rkey: object) -> str:
+    """The id a Bluesky post is published under: its AT URI, which a delete commit also names."""
+    return f"bluesky:at://{did}/{COLLECTION}/{rkey}"
+
+
+def deleted_post(message: dict[str, Any]) -> str | None:
+    """The id of the post a Jetstream delete commit removes (it carries the DID and rkey, no record)."""
+    commit = message.get("commit")
+    if message.get("kind") != "commit" or not isinstance(commit, dict):
+        return None
+    if commit.get("collection") != COLLECTION or commit.get("operation") != "delete":
+        return None
+    did, rkey = message.get("did"), commit.get("rkey")
+    if not isinstance(did, str) or not did or not isinstance(rkey, str) or not rkey:
+        return None
+    return post_id(did, rkey)
 
 
 def facet_links(record: dict[str, Any]) -> list[str]:
@@ -133,6 +153,10 @@ class JetstreamSource:
                 time_us = message.get("time_us")
                 if isinstance(time_us, int) and (self.cursor is None or time_us > self.cursor):
                     self.cursor = time_us
+                deleted = deleted_post(message)
+                if deleted is not None:
+                    yield Item(raw, origin=f"{self.url}#time_us={time_us}", deleted=deleted)
+                    continue
                 record = post_record(message, self.handles)
                 if record is None:
                     self._skipped.inc()

@@ -7,9 +7,11 @@ post is invalid (``invalid post at index 1: field 'created_at': …``) — then 
 is published, and the invalid posts are dead-lettered (the first ten one by one, the rest as one dead
 letter of the whole body); 503 when the broker did not acknowledge in time (nothing of the request is
 counted as seen, so a retry is not a duplicate); 202 ``{"accepted": n, "duplicates": d}`` once every
-new post is acknowledged. Slow clients: no whole request head within ``INGEST__HTTP_HEADER_TIMEOUT_S``
-closes the connection, a body not read within ``INGEST__HTTP_BODY_TIMEOUT_S`` gets 408, and past
-``INGEST__HTTP_MAX_CONNECTIONS`` open connections the next one gets 503 and is closed.
+new post is acknowledged. ``DELETE /v1/posts/{id}`` publishes a deletion (a tombstone keyed by the id):
+202 ``{"deleted": id}`` once acknowledged. Slow clients: no whole request head within
+``INGEST__HTTP_HEADER_TIMEOUT_S`` closes the connection, a body not read within
+``INGEST__HTTP_BODY_TIMEOUT_S`` gets 408, and past ``INGEST__HTTP_MAX_CONNECTIONS`` open connections
+the next one gets 503 and is closed.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import hmac
 import logging
 import signal
 import threading
+import unicodedata
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 from aiohttp import web
@@ -30,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pulse import kafka
 from pulse.settings import Settings
-from schemas import DeadLetter, DecodeError
+from schemas import MAX_ID_LENGTH, DeadLetter, DecodeError
 from workers.ingest.mapping import FieldMapping
 from workers.ingest.pipeline import STAGE, Batch, Item, Pipeline
 from workers.ingest.publisher import Publisher, PublishError, count
@@ -39,6 +42,13 @@ log = logging.getLogger(__name__)
 MAX_DEPTH = 32  # JSON nesting a request may have; a post needs four levels
 MAX_DEAD_LETTERS_PER_REQUEST = 10  # then one dead letter of the whole body for the rest
 MAX_ERRORS_LISTED = 20  # in a 400's "errors"; "invalid" says how many there were
+
+
+class _Tombstone(NamedTuple):
+    """A deletion as ``_publish`` takes it: a key and no value."""
+
+    key: bytes
+    value: None = None
 
 
 def _json(status: int, body: dict[str, Any], **headers: str) -> web.Response:
@@ -74,6 +84,7 @@ class HttpSource:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body)
         app.router.add_post("/v1/posts", self.posts)
+        app.router.add_delete("/v1/posts/{id:.+}", self.delete)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         return app
@@ -149,6 +160,28 @@ class HttpSource:
                 self.fail(f"the producer failed: {exc}")  # unusable: stop, exit 1, a supervisor restarts
             return _json(503, {"error": f"the broker did not acknowledge: {exc}"}, **{"Retry-After": "5"})
         return _json(202, {"accepted": len(fresh), "duplicates": duplicates})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """``DELETE /v1/posts/{id}``: the post was deleted at its source; a tombstone keyed by its id
+        (pseudonymised as the post's was), 202 once the broker acknowledged it."""
+        if not self._authorised(request):
+            count("unauthorised")
+            return _json(401, {"error": "missing or wrong bearer token"}, **{"WWW-Authenticate": "Bearer"})
+        post_id = request.match_info["id"]
+        if not 0 < len(post_id) <= MAX_ID_LENGTH or any(unicodedata.category(c) == "Cc" for c in post_id):
+            why = f"post id must be 1 to {MAX_ID_LENGTH} printable characters"
+            return _json(400, {"error": why, "parameter": "id"})
+        privacy = self.pipeline.privacy
+        key = privacy.deleted_id(post_id) if privacy is not None else post_id
+        try:
+            await self._publish([_Tombstone(key.encode())])
+        except (TimeoutError, PublishError, kafka.QueueFullTimeout, KafkaException) as exc:
+            if isinstance(exc, KafkaException) or self.publisher.error is not None:
+                self.fail(f"the producer failed: {exc}")
+            return _json(503, {"error": f"the broker did not acknowledge: {exc}"}, **{"Retry-After": "5"})
+        self.pipeline.dedup.discard(key)  # the id may be posted again: that is a new post
+        count("deleted")
+        return _json(202, {"deleted": post_id})
 
     def fail(self, why: str) -> None:
         """The source cannot publish any more: /healthz says so and the process ends with exit code 1."""

@@ -52,6 +52,12 @@ def html_to_text(content: str) -> str:
     return "".join(parser.parts).strip()
 
 
+def post_id(instance_host: str, status_id: object) -> str:
+    """``mastodon:<instance host>:<status id>``: the id of a status as the instance streaming it names
+    it, which is all a ``delete`` event carries (no URI, no account)."""
+    return f"mastodon:{instance_host}:{status_id}"
+
+
 def post_record(status: dict[str, Any], instance_host: str) -> dict[str, Any] | None:
     """The canonical record for a status, or None for a boost (the boosted post is not new)."""
     if status.get("reblog"):
@@ -67,7 +73,7 @@ def post_record(status: dict[str, Any], instance_host: str) -> dict[str, Any] | 
         if isinstance(spoiler, str) and spoiler:
             text = f"{spoiler}\n{text}"  # the content warning is part of what the author said
     out: dict[str, Any] = {
-        "id": f"mastodon:{status.get('uri') or status.get('url') or status.get('id')}",
+        "id": post_id(instance_host, status.get("id")),
         "platform": "mastodon",
         "author": {
             "id": account.get("url") or acct,
@@ -165,8 +171,17 @@ class MastodonSource:
             try:
                 async for chunk in resp.content.iter_any():
                     for event, data in parser.feed(chunk):
+                        if event == "delete":  # the payload is the status id alone
+                            status_id = data.strip()
+                            if status_id and status_id.isascii() and status_id.isalnum():
+                                yield Item(data.encode(), origin=url, deleted=post_id(self.host, status_id))
+                            else:
+                                yield Item(
+                                    data.encode(), origin=url, problem="Mastodon delete without a status id"
+                                )
+                            continue
                         if event != "update":
-                            self._skipped.inc()  # delete, status.update, notification, ...
+                            self._skipped.inc()  # status.update, notification, ...
                             yield None
                             continue
                         raw = data.encode()
