@@ -268,6 +268,34 @@ def test_every_raw_post_comes_out_enriched_exactly_once(
     assert all(v is not None and v >= 0 for v in lag), lag
 
 
+def test_a_tombstone_is_forwarded_in_order_after_the_post_it_deletes(
+    infer_settings: Settings, running: Callable[[Settings], Running]
+) -> None:
+    posts = posts_factory(40, "deleted")
+    gone = [p.id.encode() for p in posts[::4]]  # every fourth post deleted, right after it was consumed
+    records: list[tuple[bytes | None, bytes | None]] = []
+    for p in posts:
+        records.append((p.id.encode(), encode(p)))
+        if p.id.encode() in gone:
+            records.append((p.id.encode(), None))
+    produce(infer_settings, records)
+    worker = running(infer_settings)
+    wait_for(
+        lambda: committed(infer_settings) == high_watermarks(infer_settings),
+        120,
+        "every raw offset committed",
+    )
+    assert worker.stop() == 0
+    out = read_topic(infer_settings, infer_settings.topics.enriched, expect=len(records))
+    assert len(out) == len(records)
+    for key in gone:
+        assert [value is None for k, value in out if k == key] == [
+            False,
+            True,
+        ]  # the post, then its tombstone
+    assert dead_letters(infer_settings) == []
+
+
 def sample(name: str, **labels: str) -> float:
     from prometheus_client import REGISTRY
 

@@ -85,6 +85,16 @@ class _Item:
 
 
 @dataclass(slots=True)
+class _Deletion:
+    """A tombstone consumed from posts.raw: it passes through the pipeline's queues in order (after
+    every post consumed before it) and is forwarded to posts.enriched as a tombstone."""
+
+    tp: TP
+    offset: int
+    key: bytes | None
+
+
+@dataclass(slots=True)
 class _Micro:
     items: list[_Item]
     encoded: Any
@@ -128,7 +138,7 @@ class InferenceWorker:
         self._deliveries: deque[tuple[TP, int, KafkaError | None]] = deque()
         self._pending: list[Message] = []
         self._pending_since: float | None = None
-        self._waiting: list[_Item] = []  # a decoded batch waiting for room in the tokeniser queue
+        self._waiting: list[_Item | _Deletion] = []  # a decoded batch waiting for room in the tokeniser queue
         self._gate = PauseGate(self.cfg.pause_after_ms / 1000)
         self._tok_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_batches)
         self._inf_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.queue_micro_batches)
@@ -270,29 +280,43 @@ class InferenceWorker:
             self._pending.append(msg)
 
     def _submit(self) -> None:
-        """Decode the pending batch, dead-letter poison, queue the rest for the tokeniser."""
+        """Decode the pending batch, dead-letter poison, queue the rest for the tokeniser.
+
+        A tombstone (no value: the post was deleted at its source) splits the batch: the posts before
+        it, then the tombstone, then the rest go into the queue in that order, so nothing consumed
+        after a deletion is produced before it."""
         batch, self._pending, self._pending_since = self._pending, [], None
         started = time.perf_counter()
-        items: list[_Item] = []
+        segments: list[list[_Item | _Deletion]] = []
+        posts = 0
         for msg in batch:
             tp = _tp(msg)
+            if msg.value() is None:
+                segments.append([_Deletion(tp, _offset(msg), msg.key())])
+                segments.append([])
+                continue
             try:
                 post = decode_post(msg.value())
             except DecodeError as exc:
                 self._dead_letter(msg, "decode", str(exc))
                 continue
-            items.append(_Item(tp, _offset(msg), post.id.encode(), post, msg.value() or b""))
+            if not segments:
+                segments.append([])
+            segments[-1].append(_Item(tp, _offset(msg), post.id.encode(), post, msg.value() or b""))
+            posts += 1
         metrics.LATENCY.labels(STAGE, "decode").observe(time.perf_counter() - started)
-        if not items:
-            return
-        metrics.BATCH_SIZE.labels(STAGE).observe(len(items))
-        try:
-            self._tok_q.put_nowait(items)
-        except queue.Full:
-            self._wait_for_room(items)
+        if posts:
+            metrics.BATCH_SIZE.labels(STAGE).observe(posts)
+        for items in segments:
+            if not items:
+                continue
+            try:
+                self._tok_q.put_nowait(items)
+            except queue.Full:
+                self._wait_for_room(items)
         metrics.QUEUE_DEPTH.labels(STAGE, "tokenise").set(self._tok_q.qsize())
 
-    def _wait_for_room(self, items: list[_Item]) -> None:
+    def _wait_for_room(self, items: list[_Item | _Deletion]) -> None:
         """Backpressure: wait for the tokeniser; pause every assigned partition while it is behind.
 
         ``PauseGate`` decides when (after ``pause_after_ms`` of a full queue): on the local broker,
@@ -526,6 +550,9 @@ class InferenceWorker:
 
     def _tokenise_loop(self) -> None:
         while (items := self._tok_q.get()) is not _STOP:
+            if isinstance(items[0], _Deletion):
+                self._inf_q.put(items[0])  # passed along in order, untouched
+                continue
             lengths = [len(item.post.text) for item in items]
             for idx in micro_batches(lengths, self.cfg.micro_batch):
                 micro = [items[i] for i in idx]
@@ -538,6 +565,9 @@ class InferenceWorker:
 
     def _infer_loop(self) -> None:
         while (micro := self._inf_q.get()) is not _STOP:
+            if isinstance(micro, _Deletion):
+                self._out_q.put(micro)
+                continue
             started = time.perf_counter()
             sentiments, entities = self.model.infer(micro.encoded)
             metrics.LATENCY.labels(STAGE, "infer").observe(time.perf_counter() - started)
@@ -551,6 +581,11 @@ class InferenceWorker:
     def _produce_loop(self) -> None:
         topic = self.settings.topics.enriched
         while (scored := self._out_q.get()) is not _STOP:
+            if isinstance(scored, _Deletion):  # forwarded: the streams stage removes what it kept
+                callback = functools.partial(self._on_delivery, scored.tp, scored.offset)
+                produce(self._producer, topic, None, scored.key, on_delivery=callback)
+                metrics.MESSAGES.labels(STAGE, "deleted").inc()
+                continue
             started = time.perf_counter()
             now = self.clock()
             for item, sentiment, ents in zip(scored.items, scored.sentiments, scored.entities, strict=True):
