@@ -129,7 +129,8 @@ def plan_batch(
             parts[name] = (parts[name][0] if name in parts else offset, offset, 0, wall_ms)  # clock below
         view = record.view
         if view is None:
-            dead.append(record)
+            if record.value is not None:  # no value: a deletion (removed from samples after the write)
+                dead.append(record)
             continue
         event_ms = int(view.post.created_at.timestamp() * 1000)
         clock = clocks[tp]

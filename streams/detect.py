@@ -254,6 +254,9 @@ class Detector:
         pipe.set(self.keys.alert(alert.id), value, ex=keep)
         pipe.zadd(self.keys.alert_index(), {alert.id: window.end})
         pipe.zremrangebyscore(self.keys.alert_index(), "-inf", window.end - keep)
+        for sample in alert.evidence.samples:  # where a deletion of the post finds this alert
+            pipe.sadd(self.keys.alerts_with(sample.id), alert.id)
+            pipe.expire(self.keys.alerts_with(sample.id), keep)
         pipe.set(cooldown, window.end)
         pipe.xadd(self.keys.events(), {"type": "alert", "data": value}, maxlen=EVENTS_KEPT, approximate=True)
         pipe.execute()

@@ -73,6 +73,11 @@ class Keys:
         """HASH post id → the sample post (JSON: id, text, sentiment, platform, author handle, time)."""
         return f"{self.tag(shard)}:sd:{_KIND[kind]}:{minute}:{term}"
 
+    def sample_posts(self, shard: int, post_id: str) -> str:
+        """SET ``index SEP docs``: the sample keys of this shard that hold a post (where a deletion of
+        the post removes it from); expires with the samples."""
+        return f"{self.tag(shard)}:sp:{post_id}"
+
     def scratch(self, shard: int, name: str) -> str:
         """A temporary key in a shard's slot, for a read that merges buckets server-side."""
         return f"{self.tag(shard)}:tmp:{name}"
@@ -85,6 +90,10 @@ class Keys:
     def alert(self, alert_id: str) -> str:
         """STRING: the alert's JSON, as published."""
         return f"{self.prefix}:alert:{alert_id}"
+
+    def alerts_with(self, post_id: str) -> str:
+        """SET of the alert ids whose evidence shows a post (a deletion re-publishes them without it)."""
+        return f"{self.prefix}:ap:{post_id}"
 
     def cooldown(self, kind: str, subject_kind: str, subject: str) -> str:
         """STRING: window end (epoch s) of the subject's last alert of this kind."""

@@ -23,6 +23,7 @@ from schemas import DeadLetter, DecodeError
 from schemas.views import read_enriched
 from streams import STAGE
 from streams.aggregate import Plan, Record
+from streams.deletions import scrub_alerts
 from streams.store import RedisTrendStore
 from streams.watermark import watermark
 
@@ -57,6 +58,7 @@ class BatchStats:
     conflicts: int
     decode_s: float
     apply_s: float
+    deleted: int = 0  # tombstones: posts removed from the samples and alert evidence
 
     def export(self) -> None:
         """Into this process's Prometheus metrics."""
@@ -69,6 +71,7 @@ class BatchStats:
             ("dead_letter", self.dead),
             ("replayed", self.replayed),
             ("conflict", self.conflicts),
+            ("deleted", self.deleted),
         ):
             if n:
                 metrics.MESSAGES.labels(STAGE, outcome).inc(n)
@@ -179,6 +182,8 @@ class BatchProcessor:
             return None
         started = time.perf_counter()
         for record in records:
+            if record.value is None:  # a tombstone: the post was deleted at its source
+                continue
             try:
                 record.view = read_enriched(record.value)
             except DecodeError as exc:
@@ -190,6 +195,13 @@ class BatchProcessor:
                 "apply batch", lambda: self.store.apply(records, wall_ms, before_write=self._dead_letters)
             )
         plan = result.plan
+        # After the write: a post and its deletion in one batch are added, then removed. Every
+        # tombstone of the batch, replayed or not (removing twice is harmless; a crash between the
+        # write and this step leaves the tombstone's offset applied, and the replay repeats it).
+        deleted = sorted({r.key.decode(errors="replace") for r in records if r.value is None and r.key})
+        if deleted:
+            with self._lock:
+                self._redis("forget deleted posts", lambda: self._forget(deleted))
         stats = BatchStats(
             records=len(records),
             counted=plan.counted,
@@ -197,11 +209,23 @@ class BatchProcessor:
             dead=len(plan.dead),
             replayed=plan.skipped,
             conflicts=result.conflicts,
+            deleted=len(deleted),
             decode_s=decoded - started,
             apply_s=time.perf_counter() - decoded,
         )
         self.counters.add(stats)
         return stats
+
+    def _forget(self, post_ids: list[str]) -> None:
+        self.store.forget_posts(post_ids)
+        scrub_alerts(
+            self.store.client,
+            self.store.keys,
+            self.producer,
+            self.settings.topics.alerts,
+            post_ids,
+            self.settings.kafka.producer.delivery_timeout_ms / 1000,
+        )
 
     def _dead_letters(self, plan: Plan) -> None:
         """Deliver the plan's late and undecodable records to the DLQ before their offsets are applied."""

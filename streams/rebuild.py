@@ -147,10 +147,11 @@ def rebuild(settings: Settings, *, since: str | None, wipe: bool, progress: bool
                 if p not in remaining or offset >= remaining[p][1]:
                     continue
                 record = Record(topic, p, offset, msg.value(), msg.key())
-                try:
-                    record.view = read_enriched(record.value)
-                except DecodeError as exc:
-                    record.error = exc
+                if record.value is not None:  # None: a tombstone, applied below
+                    try:
+                        record.view = read_enriched(record.value)
+                    except DecodeError as exc:
+                        record.error = exc
                 records.append(record)
                 if offset + 1 >= remaining[p][1]:
                     del remaining[p]
@@ -164,6 +165,15 @@ def rebuild(settings: Settings, *, since: str | None, wipe: bool, progress: bool
                 what="rebuild batch",
                 extra={"stage": STAGE},
             )
+            deleted = sorted({r.key.decode(errors="replace") for r in records if r.value is None and r.key})
+            if deleted:  # posts deleted at their source stay out of the rebuilt samples
+                call_with_retries(
+                    lambda deleted=deleted: store.forget_posts(deleted),  # type: ignore[misc]
+                    redis_client.TRANSIENT_ERRORS,
+                    budget_s=cfg.redis_retry_s,
+                    what="rebuild deletions",
+                    extra={"stage": STAGE},
+                )
             counted += result.plan.counted
             late += len(result.plan.late)
             dead += len(result.plan.dead)

@@ -19,7 +19,7 @@ import orjson
 import redis
 
 from streams.aggregate import Applied, Plan, Record, ShardWrite, part_field, plan_batch
-from streams.keys import Keys
+from streams.keys import SEP, Keys
 from streams.watermark import PartitionClock
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ for _, s in ipairs(w.s) do
   for i = 1, #items, 3 do
     redis.call('ZADD', index, items[i + 1], items[i])
     redis.call('HSET', docs, items[i], items[i + 2])
+    local where = w.sp .. items[i]
+    redis.call('SADD', where, index .. w.sep .. docs)
+    redis.call('EXPIRE', where, w.spttl)
   end
   local n = redis.call('ZCARD', index)
   if n > cap then
@@ -75,13 +78,35 @@ return {'ok'}
 """
 
 
+# KEYS[1]: the shard's offsets hash (its slot). ARGV[1]: the sample-posts key prefix, ARGV[2]: the
+# separator, ARGV[3...]: post ids. Removes each post from every sample of this shard that holds it.
+FORGET = """
+local removed = 0
+for i = 3, #ARGV do
+  local pid = ARGV[i]
+  local where = ARGV[1] .. pid
+  for _, both in ipairs(redis.call('SMEMBERS', where)) do
+    local cut = string.find(both, ARGV[2], 1, true)
+    local index, docs = string.sub(both, 1, cut - 1), string.sub(both, cut + #ARGV[2])
+    removed = removed + redis.call('HDEL', docs, pid)
+    redis.call('ZREM', index, pid)
+  end
+  redis.call('DEL', where)
+end
+return removed
+"""
+
+
 class Conflict(RuntimeError):
     """A shard already holds records of this write: reload its offsets and plan again."""
 
 
-def _payload(write: ShardWrite, sample_size: int) -> bytes:
+def _payload(write: ShardWrite, sample_size: int, sample_posts: str, sample_ttl_s: int) -> bytes:
     return orjson.dumps(
         {
+            "sp": sample_posts,
+            "spttl": sample_ttl_s,
+            "sep": SEP,
             "parts": [[name, *v] for name, v in write.parts.items()],
             "z": [
                 [key, [x for m, n in members.items() for x in (m, n)]] for key, members in write.zincr.items()
@@ -146,6 +171,7 @@ class RedisTrendStore:
         self.sample_ttl_s = sample_ttl_s
         self.applied: dict[int, dict[tuple[str, int], Applied]] = {s: {} for s in range(keys.shards)}
         self._apply = client.register_script(APPLY)
+        self._forget = client.register_script(FORGET)
 
     def load(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
         """Read the shards' applied offsets for ``partitions``; the offset to resume each from (the
@@ -234,8 +260,23 @@ class RedisTrendStore:
                 )
                 self.load(tps)
 
+    def forget_posts(self, post_ids: Sequence[str]) -> int:
+        """Remove deleted posts from every sample that holds them (idempotent); how many were held."""
+        if not post_ids:
+            return 0
+        removed = 0
+        for shard in range(self.keys.shards):
+            removed += int(
+                self._forget(
+                    keys=[self.keys.offsets(shard)],
+                    args=[self.keys.sample_posts(shard, ""), SEP, *post_ids],
+                )
+            )
+        return removed
+
     def _write(self, shard: int, write: ShardWrite) -> None:
-        answer = self._apply(keys=[self.keys.offsets(shard)], args=[_payload(write, self.sample_size)])
+        payload = _payload(write, self.sample_size, self.keys.sample_posts(shard, ""), self.sample_ttl_s)
+        answer = self._apply(keys=[self.keys.offsets(shard)], args=[payload])
         status = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
         if status == "conflict":
             raise Conflict(f"shard {shard} {answer[1]!r} already at {answer[2]!r}")

@@ -109,7 +109,7 @@ def make_app(settings: Settings, **api: object) -> TestClient:
     )
     keys = Keys(settings.redis.key_prefix)
     reader = TrendReader(redis_client.client(settings), keys, lateness_ms=5_000, idle_after_ms=2_000)
-    live = LiveEvents(redis.asyncio.Redis.from_url(settings.redis.url), keys.events())
+    live = LiveEvents(redis.asyncio.Redis.from_url(settings.redis.url), keys.events(), keys.alert)
     return TestClient(create_app(settings, reader, live), raise_server_exceptions=False)
 
 
@@ -250,8 +250,9 @@ def test_server_sent_events_deliver_new_alerts_and_resume_from_last_event_id(fil
     first = alert.model_copy(update={"id": "sse-test-1"})
     second = alert.model_copy(update={"id": "sse-test-2"})
 
-    def publish_soon() -> None:
+    def publish_soon() -> None:  # as the detectors publish: the alert kept, then the event
         time.sleep(1.0)
+        client.set(keys.alert(first.id), encode(first))
         client.xadd(keys.events(), {"type": "alert", "data": encode(first)})
 
     threading.Thread(target=publish_soon, daemon=True).start()
@@ -267,13 +268,22 @@ def test_server_sent_events_deliver_new_alerts_and_resume_from_last_event_id(fil
                 seen.append((event["id"], orjson.loads(event["data"])["id"]))
                 break
     assert [a for _, a in seen] == ["sse-test-1"]
+    client.set(keys.alert(second.id), encode(second))
+    client.xadd(keys.events(), {"type": "alert", "data": encode(first)})  # a stale version of an alert
+    client.set(keys.alert(first.id), encode(first.model_copy(update={"score": 99.0})))  # re-published
     client.xadd(keys.events(), {"type": "alert", "data": encode(second)})
     with (
         make_app(filled) as api,
         api.stream("GET", "/v1/stream", headers={"Last-Event-ID": seen[0][0]}) as events,
     ):
-        data = next(line for line in events.iter_lines() if line.startswith("data:"))
-    assert orjson.loads(data.partition(":")[2])["id"] == "sse-test-2"  # what it missed, first
+        missed: list[dict[str, object]] = []
+        for line in events.iter_lines():
+            if line.startswith("data:"):
+                missed.append(orjson.loads(line.partition(":")[2]))
+            if len(missed) == 2:
+                break
+    # What it missed, first, each alert as it is now (a re-published one replaces what the stream held).
+    assert [(a["id"], a["score"]) for a in missed] == [("sse-test-1", 99.0), ("sse-test-2", second.score)]
 
 
 # ------------------------------------------------------------------ the OpenAPI document, walked

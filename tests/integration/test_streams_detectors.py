@@ -310,3 +310,44 @@ def test_the_worker_killed_and_restarted_mid_spike_publishes_no_second_alert(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+def test_a_deleted_post_leaves_every_sample_alert_and_api_answer(harness: Harness) -> None:
+    # Issue 17: a post deleted at its source (a tombstone on posts.enriched) must not be shown again.
+    from streams.processing import BatchProcessor
+    from tests.integration.test_api import make_app
+
+    end = datetime.now(UTC).replace(microsecond=0)
+    harness.feed(stream(600, end, Scenario(brands=BRANDS, spikes=(Spike("Acme", 420, 180, 0.75),))))
+    [alert] = alerts(harness.settings)
+    victim = alert.evidence.samples[0]
+    keys = Keys(harness.settings.redis.key_prefix)
+    with make_app(harness.settings) as api:
+        assert victim.text in api.get(f"/v1/alerts/{alert.id}").text
+        assert victim.id in {s["id"] for s in harness.reader.samples("brand", "Acme", limit=1000)}
+        processor = BatchProcessor(harness.settings, harness.store, harness.producer)
+        for _ in range(2):  # a replay of the same tombstone changes nothing more
+            stats = processor.process([Record(TOPIC, 0, harness.offset, None, key=victim.id.encode())])
+            assert stats is not None and stats.deleted == 1 and stats.dead == 0 and stats.counted == 0
+        harness.offset += 1
+        answers = [
+            api.get(path).text
+            for path in (f"/v1/alerts/{alert.id}", "/v1/alerts?since=24h", "/v1/brands/Acme?window=1h")
+        ]
+    assert all(a for a in answers) and not any(victim.text in a for a in answers)
+    assert victim.id not in {s["id"] for s in harness.reader.samples("brand", "Acme", limit=1000)}
+    stored = decode(harness.reader.alerts([alert.id])[0], Alert)
+    assert [s.id for s in stored.evidence.samples] == [s.id for s in alert.evidence.samples[1:]]
+    assert stored.model_copy(update={"evidence": alert.evidence}) == alert  # nothing else changed
+    # Re-published under the same id (the alerts topic is compacted by id: the old version goes).
+    versions = [
+        decode(v, Alert)
+        for k, v in read_topic(harness.settings, harness.settings.topics.alerts, 0, to_end=True)
+    ]
+    assert [a.id for a in versions] == [alert.id, alert.id] and versions[-1] == stored
+    held = [
+        v
+        for key in harness.client.scan_iter(match=f"{keys.prefix}:*:sd:*")
+        for v in harness.client.hvals(key)
+    ]
+    assert held and not any(victim.text.encode() in v for v in held)

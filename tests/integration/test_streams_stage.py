@@ -174,6 +174,22 @@ def test_counts_are_exact_for_a_generated_stream_and_sigterm_exits_0(
     window = r.window(3600)
     assert dict(r.top("hashtag", window, 20)) == dict(hashtag_counts(values))
     assert r.totals(window)["n"] == 4000
+    # Posts deleted at their source: tombstones (key: the post id, no value) leave the samples.
+    brand = BRANDS[0]
+    shown = [str(p["id"]) for p in r.samples("brand", brand, limit=1000)]
+    assert len(shown) >= 5
+    producer = Producer(stream_settings.kafka.config())
+    for post_id in shown[:5]:
+        producer.produce(stream_settings.topics.enriched, None, post_id.encode())
+    assert producer.flush(30) == 0
+    wait_for("the tombstones applied", lambda: applied(stream_settings) == 4005, procs=(proc,))
+    wait_for(
+        "the deleted posts gone from the samples",
+        lambda: not {str(p["id"]) for p in r.samples("brand", brand, limit=1000)} & set(shown[:5]),
+        timeout=10,
+    )
+    assert r.totals(window)["n"] == 4000  # counts keep the posts (docs/privacy.md)
+    assert read_topic(stream_settings, stream_settings.topics.dlq, 0, to_end=True) == []
     assert stop(proc) == 0
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import redis
 import redis.asyncio
 from fastapi import Depends, FastAPI, Query, Request
@@ -100,10 +101,15 @@ _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 class LiveEvents:
-    """The events stream (snapshots and alerts as published), read without blocking the event loop."""
+    """The events stream (snapshots and alerts as published), read without blocking the event loop.
 
-    def __init__(self, client: redis.asyncio.Redis, key: str) -> None:
-        self.client, self.key = client, key
+    An alert is sent as it is now (``alert_key``): one re-published since (without a deleted post in
+    its evidence) replaces the version the stream recorded, and an expired one is left out."""
+
+    def __init__(
+        self, client: redis.asyncio.Redis, key: str, alert_key: Callable[[str], str] | None = None
+    ) -> None:
+        self.client, self.key, self.alert_key = client, key, alert_key
 
     async def last_event_id(self) -> str:
         newest: Any = await self.client.xrevrange(self.key, count=1)
@@ -114,7 +120,12 @@ class LiveEvents:
         out = []
         for _stream, entries in answer or []:
             for entry_id, fields in entries:
-                out.append((entry_id.decode(), fields[b"type"].decode(), fields[b"data"].decode()))
+                kind, data = fields[b"type"].decode(), fields[b"data"]
+                if kind == "alert" and self.alert_key is not None:
+                    data = await self.client.get(self.alert_key(orjson.loads(data)["id"]))
+                    if data is None:
+                        continue
+                out.append((entry_id.decode(), kind, data.decode()))
         return out
 
 

@@ -50,7 +50,8 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         idle_after_ms=settings.streams.idle_after_s * 1000,
     )
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    live = LiveEvents(redis.asyncio.Redis.from_url(settings.redis.url, password=password), keys.events())
+    client = redis.asyncio.Redis.from_url(settings.redis.url, password=password)
+    live = LiveEvents(client, keys.events(), keys.alert)
     app = create_app(settings, reader, live)
     server = uvicorn.Server(
         uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off")
