@@ -1,0 +1,171 @@
+"""A post deleted at its source leaves the product: Jetstream and Mastodon deletions, end to end.
+
+Local servers speak Jetstream's WebSocket and Mastodon's streaming API; the real `pulse ingest`,
+`pulse infer` and `pulse streams` processes run against the real broker and Redis; the API answers
+from the store. Posts about a watched brand show up in the API's recent posts; then each server
+sends the deletion in its platform's own shape (a delete commit with the DID and rkey, no record; a
+`delete` event whose payload is the status id alone), and the posts' texts must leave every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from aiohttp import web
+
+from pulse.settings import Settings
+from tests.harness import ThreadedServer, stage_env
+from tests.integration.test_api import make_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+PULSE = [sys.executable, "-m", "pulse.cli"]
+WATCHLIST = Path(__file__).resolve().parents[2] / "infra" / "sample" / "watchlist.yaml"
+DID = "did:plc:deletiontestauthor"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+class Platform(ThreadedServer):
+    """Sends its posts at once and, when ``delete`` is set, the deletions; then heartbeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delete = threading.Event()
+
+
+class Jetstream(Platform):
+    TEXTS = tuple(f"Acme support answered in minutes, thank you (jet {i})" for i in range(3))
+
+    async def handler(self, ws: Any) -> None:
+        for i, text in enumerate(self.TEXTS):
+            record = {"$type": "app.bsky.feed.post", "createdAt": _now(), "text": text, "langs": ["en"]}
+            commit = {"rev": f"r{i}", "operation": "create", "collection": "app.bsky.feed.post",
+                      "rkey": f"3kdel{i}", "record": record, "cid": f"c{i}"}  # fmt: skip
+            await ws.send(
+                orjson.dumps({"did": DID, "time_us": i + 1, "kind": "commit", "commit": commit}).decode()
+            )
+        while not self.delete.is_set():
+            await asyncio.sleep(0.1)
+        commit = {"rev": "rd", "operation": "delete", "collection": "app.bsky.feed.post", "rkey": "3kdel0"}
+        await ws.send(orjson.dumps({"did": DID, "time_us": 10, "kind": "commit", "commit": commit}).decode())
+        await ws.wait_closed()
+
+    async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        server = await websockets.serve(self.handler, "127.0.0.1", 0)
+
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        return next(iter(server.sockets)).getsockname()[1], close
+
+
+class Mastodon(Platform):
+    TEXTS = tuple(f"Acme fixed my order today, great service (masto {i})" for i in range(3))
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, text in enumerate(self.TEXTS):
+            status = {
+                "id": f"1130000000000000{i}", "created_at": _now(), "language": "en",
+                "content": f"<p>{text}</p>",
+                "uri": f"https://masto.example/users/bo/statuses/1130000000000000{i}", "reblog": None,
+                "url": f"https://masto.example/@bo/1130000000000000{i}", "spoiler_text": "",
+                "account": {"acct": "bo", "display_name": "Bo", "url": "https://masto.example/@bo"},
+            }  # fmt: skip
+            await resp.write(f"event: update\ndata: {orjson.dumps(status).decode()}\n\n".encode())
+        while not self.delete.is_set():
+            await resp.write(b":thump\n\n")
+            await asyncio.sleep(0.2)
+        await resp.write(b"event: delete\ndata: 11300000000000000\n\n")
+        while not self.stopping:
+            await resp.write(b":thump\n\n")
+            await asyncio.sleep(0.5)
+        return resp
+
+    async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        app = web.Application()
+        app.router.add_get("/api/v1/streaming/public", self.stream)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner.addresses[0][1], runner.cleanup
+
+
+def test_jetstream_and_mastodon_deletions_take_the_posts_out_of_every_api_answer(
+    fresh_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = fresh_settings()
+    jet, masto = Jetstream(), Mastodon()
+    jet.start()
+    masto.start()
+    env = stage_env(
+        settings,
+        INFERENCE__WATCHLIST=str(WATCHLIST),
+        INFERENCE__HTTP_PORT="0",
+        INFERENCE__INTRA_OP_THREADS="1",
+        INFERENCE__GROUP_ID=f"deletions-infer-{settings.redis.key_prefix}",
+        STREAMS__HTTP_PORT="0",
+        STREAMS__GROUP_ID=f"deletions-streams-{settings.redis.key_prefix}",
+        INGEST__METRICS_PORT="-1",
+    )
+    commands = {
+        "bluesky": ["ingest", "bluesky", "--url", f"ws://127.0.0.1:{jet.port}/subscribe"],
+        "mastodon": ["ingest", "mastodon", "--instance", f"http://127.0.0.1:{masto.port}"],
+        "infer": ["infer"],
+        "streams": ["streams"],
+    }
+    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in commands}
+    procs = {
+        name: subprocess.Popen([*PULSE, *argv], env=env, stdout=logs[name], stderr=subprocess.STDOUT)
+        for name, argv in commands.items()
+    }
+    deleted = [Jetstream.TEXTS[0], Mastodon.TEXTS[0]]
+    kept = [*Jetstream.TEXTS[1:], *Mastodon.TEXTS[1:]]
+
+    def answers(api: Any) -> str:
+        return "\n".join(
+            api.get(path).text for path in ("/v1/brands/Acme?window=1h", "/v1/brands?window=1h", "/v1/alerts")
+        )
+
+    def until(what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 150
+        while not done():
+            for name, proc in procs.items():
+                assert proc.poll() is None, (
+                    f"{name} exited:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}"
+                )
+            assert time.monotonic() < deadline, f"{what}: not within 150 s"
+            time.sleep(0.5)
+
+    try:
+        with make_app(settings) as api:
+            until("every post shown", lambda: all(t in answers(api) for t in deleted + kept))
+            jet.delete.set()
+            masto.delete.set()
+            until("the deleted posts gone", lambda: not any(t in answers(api) for t in deleted))
+            assert all(t in answers(api) for t in kept)  # only those two
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            proc.wait(60)
+        for out in logs.values():
+            out.close()
+        jet.stop()
+        masto.stop()
