@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pulse.settings import Settings
 
@@ -92,6 +93,32 @@ class ThreadedServer:
             self._loop.call_soon_threadsafe(self._stop.set)
 
 
+Listening = tuple[int, Callable[[], Awaitable[None]]]  # what ThreadedServer.listen returns
+
+
+async def serve_app(app: Any) -> Listening:
+    """Serve an aiohttp ``web.Application`` on a free port of 127.0.0.1: (port, close)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner.addresses[0][1], runner.cleanup
+
+
+async def serve_websocket(handler: Callable[[Any], Awaitable[None]]) -> Listening:
+    """Serve a ``websockets`` connection handler on a free port of 127.0.0.1: (port, close)."""
+    import websockets
+
+    server = await websockets.serve(handler, "127.0.0.1", 0)
+
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return next(iter(server.sockets)).getsockname()[1], close
+
+
 class WebhookReceiver(ThreadedServer):
     """A local webhook: records every POST (path, headers, body); answers ``statuses`` in turn, then 200."""
 
@@ -109,7 +136,4 @@ class WebhookReceiver(ThreadedServer):
 
         app = web.Application()
         app.router.add_post("/{path:.*}", hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner.addresses[0][1], runner.cleanup
+        return await serve_app(app)

@@ -22,11 +22,10 @@ from typing import Any
 
 import orjson
 import pytest
-import websockets
 from aiohttp import web
 
 from pulse.settings import Settings
-from tests.harness import ThreadedServer, stage_env
+from tests.harness import ThreadedServer, serve_app, serve_websocket, stage_env
 from tests.integration.test_api import make_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -65,13 +64,7 @@ class Jetstream(Platform):
         await ws.wait_closed()
 
     async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
-        server = await websockets.serve(self.handler, "127.0.0.1", 0)
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        return next(iter(server.sockets)).getsockname()[1], close
+        return await serve_websocket(self.handler)
 
 
 class Mastodon(Platform):
@@ -101,10 +94,7 @@ class Mastodon(Platform):
     async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
         app = web.Application()
         app.router.add_get("/api/v1/streaming/public", self.stream)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner.addresses[0][1], runner.cleanup
+        return await serve_app(app)
 
 
 def test_jetstream_and_mastodon_deletions_take_the_posts_out_of_every_api_answer(

@@ -17,12 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
-import websockets
 
 from pulse.settings import Settings
 from schemas import DeadLetter, RawPost, decode
 from tests import kafka_io
-from tests.harness import ThreadedServer, free_port, stage_env
+from tests.harness import ThreadedServer, free_port, serve_websocket, stage_env
 
 pytestmark = pytest.mark.timeout(120)
 DID = "did:plc:eygmaihciaxprqvxpfvl6flk"
@@ -105,13 +104,7 @@ class FakeJetstream(ThreadedServer):
         await ws.wait_closed()
 
     async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
-        server = await websockets.serve(self.handler, "127.0.0.1", 0)
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        return next(iter(server.sockets)).getsockname()[1], close
+        return await serve_websocket(self.handler)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from aiohttp import web
 from pulse.settings import Settings
 from schemas import DeadLetter, RawPost, decode
 from tests import kafka_io
-from tests.harness import ThreadedServer, stage_env
+from tests.harness import ThreadedServer, serve_app, stage_env
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "masto-token"
@@ -113,10 +113,7 @@ class FakeMastodon(ThreadedServer):
     async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
         app = web.Application()
         app.router.add_get("/api/v1/streaming/hashtag", self.stream)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner.addresses[0][1], runner.cleanup
+        return await serve_app(app)
 
 
 @pytest.fixture
