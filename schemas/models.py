@@ -108,6 +108,11 @@ class RawPost(_Message):
     urls: tuple[str, ...] = ()
     mentions: tuple[str, ...] = Field(default=(), description="Mentioned handles without the '@'.")
     hashtags: tuple[str, ...] = Field(default=(), description="Hashtags without the '#', lower-cased.")
+    edited_at: UtcDatetime | None = Field(
+        default=None,
+        description="Set on a new version of a post already published under this id (an edit): when it "
+        "was edited. Consumers keep the latest version; counts count the post once.",
+    )
 
 
 class Sentiment(_Message):
@@ -200,6 +205,7 @@ class SamplePost(_Message):
     platform: str | None = None
     author: str | None = Field(default=None, description="The author's handle, when the platform gives one.")
     created_at: UtcDatetime | None = None
+    edited_at: UtcDatetime | None = Field(default=None, description="When the text shown was edited, if so.")
 
 
 class TermCount(_Message):

@@ -30,6 +30,7 @@ class PostView(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
     lang: str = "und"
     hashtags: tuple[str, ...] = ()
+    edited_at: datetime | None = None  # a new version of a post already published (an edit)
 
 
 class SentimentView(msgspec.Struct, frozen=True, gc=False):

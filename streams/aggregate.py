@@ -132,6 +132,8 @@ def plan_batch(
             if record.value is not None:  # no value: a deletion (removed from samples after the write)
                 dead.append(record)
             continue
+        if view.post.edited_at is not None:
+            continue  # an edit: counted when first posted; its samples are revised after the write
         event_ms = int(view.post.created_at.timestamp() * 1000)
         clock = clocks[tp]
         if is_late(event_ms, clock.max_event_ms if clock else None, lateness_ms):
@@ -296,6 +298,7 @@ def sample_doc(view: EnrichedView) -> bytes:
             "platform": post.platform,
             "author": post.author.handle,
             "created_at": post.created_at,
+            "edited_at": post.edited_at,
         },
         option=orjson.OPT_UTC_Z,
     )

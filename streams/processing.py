@@ -19,11 +19,11 @@ from confluent_kafka import KafkaError, Message, Producer
 from pulse import kafka, metrics, redis_client
 from pulse.retry import call_with_retries
 from pulse.settings import Settings
-from schemas import DeadLetter, DecodeError
+from schemas import DeadLetter, DecodeError, SamplePost
 from schemas.views import read_enriched
 from streams import STAGE
-from streams.aggregate import Plan, Record
-from streams.deletions import scrub_alerts
+from streams.aggregate import Plan, Record, sample_doc
+from streams.revisions import revise_alerts
 from streams.store import RedisTrendStore
 from streams.watermark import watermark
 
@@ -59,6 +59,7 @@ class BatchStats:
     decode_s: float
     apply_s: float
     deleted: int = 0  # tombstones: posts removed from the samples and alert evidence
+    edited: int = 0  # new versions of posts: samples and evidence show them, counts do not change
 
     def export(self) -> None:
         """Into this process's Prometheus metrics."""
@@ -72,6 +73,7 @@ class BatchStats:
             ("replayed", self.replayed),
             ("conflict", self.conflicts),
             ("deleted", self.deleted),
+            ("edited", self.edited),
         ):
             if n:
                 metrics.MESSAGES.labels(STAGE, outcome).inc(n)
@@ -199,9 +201,10 @@ class BatchProcessor:
         # tombstone of the batch, replayed or not (removing twice is harmless; a crash between the
         # write and this step leaves the tombstone's offset applied, and the replay repeats it).
         deleted = sorted({r.key.decode(errors="replace") for r in records if r.value is None and r.key})
-        if deleted:
+        edited = {r.view.post.id: sample_doc(r.view) for r in records if r.view and r.view.post.edited_at}
+        if deleted or edited:
             with self._lock:
-                self._redis("forget deleted posts", lambda: self._forget(deleted))
+                self._redis("revise deleted and edited posts", lambda: self._revise(deleted, edited))
         stats = BatchStats(
             records=len(records),
             counted=plan.counted,
@@ -210,20 +213,23 @@ class BatchProcessor:
             replayed=plan.skipped,
             conflicts=result.conflicts,
             deleted=len(deleted),
+            edited=len(edited),
             decode_s=decoded - started,
             apply_s=time.perf_counter() - decoded,
         )
         self.counters.add(stats)
         return stats
 
-    def _forget(self, post_ids: list[str]) -> None:
-        self.store.forget_posts(post_ids)
-        scrub_alerts(
+    def _revise(self, deleted: list[str], edited: dict[str, bytes]) -> None:
+        self.store.forget_posts(deleted)
+        self.store.revise_posts(edited)
+        revise_alerts(
             self.store.client,
             self.store.keys,
             self.producer,
             self.settings.topics.alerts,
-            post_ids,
+            deleted,
+            {pid: SamplePost.model_validate_json(doc) for pid, doc in edited.items()},
             self.settings.kafka.producer.delivery_timeout_ms / 1000,
         )
 

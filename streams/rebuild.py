@@ -24,7 +24,7 @@ from pulse.settings import Settings
 from schemas import DecodeError
 from schemas.views import read_enriched
 from streams import STAGE
-from streams.aggregate import Record
+from streams.aggregate import Record, sample_doc
 from streams.keys import Keys
 from streams.store import RedisTrendStore
 
@@ -165,13 +165,20 @@ def rebuild(settings: Settings, *, since: str | None, wipe: bool, progress: bool
                 what="rebuild batch",
                 extra={"stage": STAGE},
             )
+            # Deleted posts stay out of the rebuilt samples; edited ones show their latest text.
             deleted = sorted({r.key.decode(errors="replace") for r in records if r.value is None and r.key})
-            if deleted:  # posts deleted at their source stay out of the rebuilt samples
+            edited = {r.view.post.id: sample_doc(r.view) for r in records if r.view and r.view.post.edited_at}
+            if deleted or edited:
+
+                def revise(deleted: list[str] = deleted, edited: dict[str, bytes] = edited) -> None:
+                    store.forget_posts(deleted)
+                    store.revise_posts(edited)
+
                 call_with_retries(
-                    lambda deleted=deleted: store.forget_posts(deleted),  # type: ignore[misc]
+                    revise,
                     redis_client.TRANSIENT_ERRORS,
                     budget_s=cfg.redis_retry_s,
-                    what="rebuild deletions",
+                    what="rebuild deletions and edits",
                     extra={"stage": STAGE},
                 )
             counted += result.plan.counted

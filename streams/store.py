@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import orjson
@@ -274,6 +275,40 @@ class RedisTrendStore:
             )
         return removed
 
+    def revise_posts(self, docs: Mapping[str, bytes]) -> int:
+        """Edited posts: each sample that holds a post (``docs``: post id -> its sample JSON, see
+        ``aggregate.sample_doc``) shows this version unless it already shows a newer one; how many
+        samples changed. Only the owner of the post's partition writes its samples, so read, compare
+        and write need no script."""
+        revised = 0
+        for shard in range(self.keys.shards):
+            pids = list(docs)
+            pipe = self.client.pipeline(transaction=False)
+            for pid in pids:
+                pipe.smembers(self.keys.sample_posts(shard, pid))
+            held = []  # (pid, docs key) per sample that holds the post
+            for pid, members in zip(pids, pipe.execute(), strict=True):
+                for both in members:
+                    _index, _, docs_key = _text(both).partition(SEP)
+                    held.append((pid, docs_key))
+            if not held:
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for pid, docs_key in held:
+                pipe.hget(docs_key, pid)
+            writes = self.client.pipeline(transaction=False)
+            for (pid, docs_key), current in zip(held, pipe.execute(), strict=True):
+                if current is None:
+                    continue  # trimmed from that sample since
+                shown = orjson.loads(current).get("edited_at")
+                new = orjson.loads(docs[pid]).get("edited_at")
+                if shown is not None and new is not None and _utc(shown) >= _utc(new):
+                    continue
+                writes.hset(docs_key, pid, docs[pid])
+                revised += 1
+            writes.execute()
+        return revised
+
     def _write(self, shard: int, write: ShardWrite) -> None:
         payload = _payload(write, self.sample_size, self.keys.sample_posts(shard, ""), self.sample_ttl_s)
         answer = self._apply(keys=[self.keys.offsets(shard)], args=[payload])
@@ -284,6 +319,10 @@ class RedisTrendStore:
         for name, (_first, last, maxev, seen) in write.parts.items():
             topic, _, partition = name.rpartition(":")
             held[(topic, int(partition))] = Applied(last, PartitionClock(maxev, seen) if maxev else None)
+
+
+def _utc(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _text(value: object) -> str:

@@ -1,10 +1,11 @@
-"""A post deleted at its source leaves the product: Jetstream and Mastodon deletions, end to end.
+"""A post deleted or edited at its source: Jetstream and Mastodon deletions and a Mastodon edit, end to end.
 
 Local servers speak Jetstream's WebSocket and Mastodon's streaming API; the real `pulse ingest`,
 `pulse infer` and `pulse streams` processes run against the real broker and Redis; the API answers
 from the store. Posts about a watched brand show up in the API's recent posts; then each server
 sends the deletion in its platform's own shape (a delete commit with the DID and rkey, no record; a
-`delete` event whose payload is the status id alone), and the posts' texts must leave every answer.
+`delete` event whose payload is the status id alone), and the posts' texts must leave every answer;
+then a `status.update` edits a status: its new text replaces the old, and the count stays.
 """
 
 from __future__ import annotations
@@ -69,23 +70,36 @@ class Jetstream(Platform):
 
 class Mastodon(Platform):
     TEXTS = tuple(f"Acme fixed my order today, great service (masto {i})" for i in range(3))
+    EDITED = "Acme fixed my order today and refunded the shipping, great service (masto 1, edited)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edit = threading.Event()
+        self.created = _now()
+
+    def status(self, i: int) -> dict[str, Any]:
+        return {
+            "id": f"1130000000000000{i}", "created_at": self.created, "language": "en",
+            "content": f"<p>{self.TEXTS[i]}</p>",
+            "uri": f"https://masto.example/users/bo/statuses/1130000000000000{i}", "reblog": None,
+            "url": f"https://masto.example/@bo/1130000000000000{i}", "spoiler_text": "",
+            "account": {"acct": "bo", "display_name": "Bo", "url": "https://masto.example/@bo"},
+        }  # fmt: skip
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for i, text in enumerate(self.TEXTS):
-            status = {
-                "id": f"1130000000000000{i}", "created_at": _now(), "language": "en",
-                "content": f"<p>{text}</p>",
-                "uri": f"https://masto.example/users/bo/statuses/1130000000000000{i}", "reblog": None,
-                "url": f"https://masto.example/@bo/1130000000000000{i}", "spoiler_text": "",
-                "account": {"acct": "bo", "display_name": "Bo", "url": "https://masto.example/@bo"},
-            }  # fmt: skip
-            await resp.write(f"event: update\ndata: {orjson.dumps(status).decode()}\n\n".encode())
+        for i in range(len(self.TEXTS)):
+            await resp.write(f"event: update\ndata: {orjson.dumps(self.status(i)).decode()}\n\n".encode())
         while not self.delete.is_set():
             await resp.write(b":thump\n\n")
             await asyncio.sleep(0.2)
         await resp.write(b"event: delete\ndata: 11300000000000000\n\n")
+        while not self.edit.is_set():
+            await resp.write(b":thump\n\n")
+            await asyncio.sleep(0.2)
+        status = {**self.status(1), "content": f"<p>{self.EDITED}</p>", "edited_at": _now()}
+        await resp.write(f"event: status.update\ndata: {orjson.dumps(status).decode()}\n\n".encode())
         while not self.stopping:
             await resp.write(b":thump\n\n")
             await asyncio.sleep(0.5)
@@ -97,7 +111,7 @@ class Mastodon(Platform):
         return await serve_app(app)
 
 
-def test_jetstream_and_mastodon_deletions_take_the_posts_out_of_every_api_answer(
+def test_deletions_take_posts_out_of_every_api_answer_and_an_edit_replaces_the_text(
     fresh_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = fresh_settings()
@@ -150,6 +164,11 @@ def test_jetstream_and_mastodon_deletions_take_the_posts_out_of_every_api_answer
             masto.delete.set()
             until("the deleted posts gone", lambda: not any(t in answers(api) for t in deleted))
             assert all(t in answers(api) for t in kept)  # only those two
+            mentions = api.get("/v1/brands/Acme?window=1h").json()["mentions"]
+            masto.edit.set()  # an edit: the post shows its new text, and is not counted again
+            until("the edit shown", lambda: Mastodon.EDITED in answers(api))
+            assert Mastodon.TEXTS[1] not in answers(api)
+            assert api.get("/v1/brands/Acme?window=1h").json()["mentions"] == mentions == 6
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)

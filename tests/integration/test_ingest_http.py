@@ -325,3 +325,18 @@ def test_delete_publishes_a_tombstone_after_the_post_and_the_id_may_come_again(
     assert server.post(post(7))[1] == {"accepted": 1, "duplicates": 0}  # posted again: a new post
     got = [(k, v is None) for k, v in read_topic(settings, settings.topics.raw, expect=3)]
     assert got == [(b"web:7", False), (b"web:7", True), (b"web:7", False)]
+
+
+def test_a_re_post_with_edited_at_is_a_new_version_and_a_plain_re_post_a_duplicate(
+    server: Server, settings: Settings
+) -> None:
+    assert server.post(post(8))[1] == {"accepted": 1, "duplicates": 0}
+    assert server.post(post(8, text="changed, but no edited_at"))[1] == {"accepted": 0, "duplicates": 1}
+    edit = post(8, text="Hello #Acme, edited", edited_at="2026-11-28T10:05:00Z")
+    assert server.post(edit)[1] == {"accepted": 1, "duplicates": 0}
+    assert server.post(edit)[1] == {"accepted": 0, "duplicates": 1}  # the same edit again
+    versions = [decode(v, RawPost) for _, v in read_topic(settings, settings.topics.raw, expect=2)]
+    assert [(p.id, p.edited_at is not None, p.text) for p in versions] == [
+        ("web:8", False, "Hello #Acme number 8"),
+        ("web:8", True, "Hello #Acme, edited"),
+    ]

@@ -209,3 +209,19 @@ def test_backoff_grows_to_its_cap_with_jitter_and_resets() -> None:
     assert delays[0] <= 0.5 and min(delays[5:]) >= 4.0
     backoff.reset()
     assert backoff.next_delay(rng) <= 0.5
+
+
+def test_a_mastodon_edit_is_a_new_version_that_dedup_does_not_drop() -> None:
+    original = status_record(MASTODON_STATUS, "chaos.social")
+    edit = {**MASTODON_STATUS, "content": "<p>Der Acme Support ist super, sogar am Sonntag!</p>"}
+    edited = status_record({**edit, "edited_at": "2026-11-28T13:00:00.000Z"}, "chaos.social", edited=True)
+    assert original is not None and edited is not None
+    p = Pipeline(RecordBuilder(), None, RecentIds(100), clock=lambda: NOW)  # type: ignore[arg-type]
+    first = p.process(Batch([Item(b"{}", original)]))
+    again = p.process(Batch([Item(b"{}", edited), Item(b"{}", edited)]))
+    assert [post.key for post in first.posts] == [post.key for post in again.posts]  # same id
+    assert again.duplicates == [1]  # the same edit twice is one edit
+    version = decode(again.posts[0].value, RawPost)
+    assert version.edited_at == datetime(2026, 11, 28, 13, tzinfo=UTC) and "Sonntag" in version.text
+    assert decode(first.posts[0].value, RawPost).edited_at is None
+    assert p.process(Batch([Item(b"{}", original)])).duplicates == [0]  # still a repeat

@@ -128,3 +128,13 @@ def test_a_seek_back_inside_one_batch_counts_each_offset_once() -> None:
     assert p.writes[0].zincr[KEYS.top(0, "hashtag", 10, bucket)]["acme"] == 5
     assert p.counted == 5 and p.skipped == 3
     assert p.writes[0].parts["posts.enriched:0"][:2] == (4, 8)
+
+
+def test_an_edit_advances_its_offset_but_is_not_counted_again() -> None:
+    post = post_factory(created_at=T0, hashtags=("acme",), edited_at=T0 + timedelta(minutes=5))
+    value = encode(enriched_factory(post))
+    edit = Record("posts.enriched", 0, 1, value, view=read_enriched(value))
+    p = plan([record(0), edit])
+    assert p.counted == 1 and not p.late and not p.dead
+    assert p.writes[0].parts["posts.enriched:0"][:2] == (0, 1)
+    assert read_enriched(value).post.edited_at == T0 + timedelta(minutes=5)

@@ -24,6 +24,7 @@ from workers.ingest.privacy import Privacy
 from workers.ingest.records import WIRE_OPTIONS, RecordBuilder, encode_doc, wire_time
 
 STAGE = "ingest"
+VERSION_SEP = "\x1f"  # between a post id and its edit's time in a dedup key (ids hold no control chars)
 _NOT_PARSED: Any = object()
 
 
@@ -84,6 +85,14 @@ class Outcome:
     rejected: list[tuple[int, DecodeError]] = field(default_factory=list)  # (index in batch, error)
     duplicates: list[int] = field(default_factory=list)  # indexes in the batch
     deletions: list[str] = field(default_factory=list)  # ids of deleted posts: tombstones to publish
+    versions: dict[int, str] = field(default_factory=dict)  # batch index -> edited_at, for edits
+
+    def dedup_key(self, post: Post) -> str:
+        """What the dedup window remembers a post by: its id, and for an edit the version too."""
+        key = post.key.decode()
+        version = self.versions.get(post.position)
+        return key if version is None else f"{key}{VERSION_SEP}{version}"
+
     blank: int = 0  # empty or whitespace-only lines: not records, but counted (read = all of these)
 
     @cached_property
@@ -141,8 +150,21 @@ class Pipeline:
             created = [m[3] for m in merged]
         if self.privacy is not None and keys:
             self._make_private(keys, values, positions, careful or [])
+        # An edit (a new version of a post: ``edited_at`` set) is not a duplicate of the post: its
+        # dedup key names the version, so the same edit delivered twice still is one.
+        out.versions = {
+            p: wire_time(doc["edited_at"]) for p, _, _, _, doc in careful or () if doc["edited_at"]
+        }
         if dedup and keys:
-            repeated = self.dedup.add_batch(keys)
+            versions = out.versions
+            repeated = self.dedup.add_batch(
+                [
+                    f"{k}{VERSION_SEP}{versions[p]}" if p in versions else k
+                    for k, p in zip(keys, positions, strict=True)
+                ]
+                if versions
+                else keys
+            )
             if repeated:
                 drop = set(repeated)
                 out.duplicates = [positions[i] for i in repeated]

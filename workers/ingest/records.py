@@ -80,6 +80,7 @@ class _Wire(msgspec.Struct, gc=False):
     urls: tuple[str, ...]
     mentions: tuple[str, ...]
     hashtags: tuple[str, ...]
+    edited_at: None = None  # the bulk path builds first versions only (an edit takes the careful path)
 
 
 _decode_line = msgspec.json.Decoder(_Line).decode
@@ -408,8 +409,8 @@ class RecordBuilder:
         except (KeyError, TypeError):
             return None
         platform = record.get("platform") or self.default_platform
-        if "links" in record:
-            return None  # source-given links: the careful path merges them
+        if "links" in record or "edited_at" in record:
+            return None  # source-given links (merged) and edits (checked): the careful path
         if not (
             type(post_id) is str
             and type(text) is str
@@ -474,6 +475,7 @@ class RecordBuilder:
             "urls": extract_urls(text) if "://" in text else (),
             "mentions": extract_mentions(text) if "@" in text else (),
             "hashtags": extract_hashtags(text) if "#" in text else (),
+            "edited_at": None,
         }
         return post_id, doc, created_at, lang is None
 
@@ -563,5 +565,6 @@ class RecordBuilder:
             "urls": _merge(source_links(get("links")), extract_urls(text)),
             "mentions": extract_mentions(text),
             "hashtags": extract_hashtags(text),
+            "edited_at": None if get("edited_at") is None else parse_time(get("edited_at"), "edited_at"),
         }
         return Built(post_id, doc, created_at, lang is None)

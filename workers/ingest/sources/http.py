@@ -145,7 +145,7 @@ class HttpSource:
         seen = self.pipeline.dedup
         fresh = []
         for post in outcome.posts:
-            key = post.key.decode()
+            key = outcome.dedup_key(post)  # an edit (edited_at) is a new version, not a duplicate
             if key in seen or not seen.add(key):
                 continue
             fresh.append(post)
@@ -155,7 +155,7 @@ class HttpSource:
             await self._publish(fresh)
         except (TimeoutError, PublishError, kafka.QueueFullTimeout, KafkaException) as exc:
             for post in fresh:
-                seen.discard(post.key.decode())
+                seen.discard(outcome.dedup_key(post))
             if isinstance(exc, KafkaException) or self.publisher.error is not None:
                 self.fail(f"the producer failed: {exc}")  # unusable: stop, exit 1, a supervisor restarts
             return _json(503, {"error": f"the broker did not acknowledge: {exc}"}, **{"Retry-After": "5"})

@@ -1,8 +1,10 @@
-"""Mastodon's streaming API (Server-Sent Events): the public or a hashtag timeline, ``update`` events.
+"""Mastodon's streaming API (Server-Sent Events): the public or a hashtag timeline.
 
-Statuses arrive as HTML; the text is the HTML's visible text (links in full, ``#tag`` and ``@user``
-as written). The post id is the status URI, the same on every instance that federates it. Mastodon's
-stream has no cursor: a reconnect resumes live (the gap is logged with its length).
+``update`` events are posts, ``status.update`` events new versions of them (edits, with ``edited_at``),
+``delete`` events deletions. Statuses arrive as HTML; the text is the HTML's visible text (links in
+full, ``#tag`` and ``@user`` as written). The post id is ``mastodon:<instance host>:<status id>``, the
+id a ``delete`` event names. Mastodon's stream has no cursor: a reconnect resumes live (the gap is
+logged with its length).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import html
 import logging
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit
@@ -58,8 +61,9 @@ def post_id(instance_host: str, status_id: object) -> str:
     return f"mastodon:{instance_host}:{status_id}"
 
 
-def post_record(status: dict[str, Any], instance_host: str) -> dict[str, Any] | None:
-    """The canonical record for a status, or None for a boost (the boosted post is not new)."""
+def post_record(status: dict[str, Any], instance_host: str, edited: bool = False) -> dict[str, Any] | None:
+    """The canonical record for a status, or None for a boost (the boosted post is not new). ``edited``:
+    from a ``status.update`` event, a new version of a status already published (its ``edited_at``)."""
     if status.get("reblog"):
         return None
     account = status.get("account") or {}
@@ -86,6 +90,8 @@ def post_record(status: dict[str, Any], instance_host: str) -> dict[str, Any] | 
     }
     if status.get("language"):
         out["lang"] = status["language"]
+    if edited:
+        out["edited_at"] = status.get("edited_at") or datetime.now(UTC).isoformat()
     return out
 
 
@@ -180,8 +186,8 @@ class MastodonSource:
                                     data.encode(), origin=url, problem="Mastodon delete without a status id"
                                 )
                             continue
-                        if event != "update":
-                            self._skipped.inc()  # status.update, notification, ...
+                        if event not in ("update", "status.update"):
+                            self._skipped.inc()  # notification, announcement, ...
                             yield None
                             continue
                         raw = data.encode()
@@ -193,7 +199,7 @@ class MastodonSource:
                         if not isinstance(status, dict):
                             yield Item(raw, origin=url, problem="Mastodon status is not an object")
                             continue
-                        record = post_record(status, self.host)
+                        record = post_record(status, self.host, edited=event == "status.update")
                         if record is None:
                             self._skipped.inc()
                             yield None
