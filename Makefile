@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # tests wait on brokers and processes: on 2 cores two workers halve the wall time). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
-.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-models models-train models-ship models-eval clean
+.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models models-train models-ship models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -74,7 +74,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-ingest bench-infer bench-streams bench-models  ## every benchmark; results in bench/results/
+bench: bench-ingest bench-infer bench-streams bench-models bench-pipeline  ## every benchmark; results in bench/results/
 
 docs: install  ## regenerate the README's settings table and the JSON Schema files from the code
 	$(BIN)/python -m schemas.export
@@ -106,6 +106,9 @@ models-eval: install  ## recompute the model cards' metrics and hashes from the 
 
 bench-streams: install  ## streams stage posts/s vs a no-op faust agent and a plain consumer -> bench/results/streams.json
 	$(BIN)/python bench/bench_streams.py
+
+bench-pipeline: install  ## the whole pipeline: sustained posts/s, ingest-to-Redis latency, CPU/RSS, lag plot -> bench/results/pipeline.json (~15 min)
+	$(BIN)/python bench/bench_pipeline.py
 
 bench-models: install  ## pipeline(...) baseline vs our ONNX runtime -> bench/results/models.json (needs models-ship's build/)
 	$(BIN)/python bench/bench_models.py --threads 2
