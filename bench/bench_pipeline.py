@@ -49,9 +49,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pulse import kafka, redis_client, services, topics  # noqa: E402
-from pulse.addresses import port_open  # noqa: E402
-from pulse.settings import Settings, load  # noqa: E402
+from local_broker import bench_broker  # noqa: E402  (bench/, beside this script)
+
+from pulse import redis_client, services, topics  # noqa: E402
+from pulse.settings import Settings  # noqa: E402
 from schemas import Author, RawPost, encode  # noqa: E402
 from streams.keys import Keys  # noqa: E402
 from streams.read import TrendReader  # noqa: E402
@@ -282,18 +283,8 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # clean up on a stop, too
 
-    base = load()
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    started = False
-    settings = base
-    if not kafka.ready(base, timeout=1.0):
-        port = next(p for p in range(19500, 19600) if not port_open("127.0.0.1", p))
-        settings = load(
-            kafka={"bootstrap_servers": f"127.0.0.1:{port}"},
-            local={"data_dir": workdir / "broker", "start_timeout_s": 60},
-        )
-        services.up(settings)
-        started = True
+    settings, started = bench_broker(workdir, range(19500, 19600))
     suffix = uuid.uuid4().hex[:6]
     prefix = f"bench-pipeline-{suffix}"
     names = {role: f"bench.{name}.{suffix}" for role, name in settings.topics.by_role().items()}

@@ -44,9 +44,9 @@ import orjson
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from local_broker import bench_broker  # bench/, beside this script
 
 from pulse import kafka, redis_client, services
-from pulse.addresses import port_open
 from pulse.settings import REPO_ROOT, Settings, load
 from schemas import Author, EnrichedPost, Entity, ModelRef, RawPost, Sentiment, WatchMatch, encode
 from schemas.views import read_enriched
@@ -434,18 +434,8 @@ def main() -> int:
     if args.noop_worker is not None:
         return noop_worker(args.noop_worker)
 
-    base = load()
     workdir = Path(tempfile.mkdtemp(prefix="bench-streams-"))
-    settings = base
-    started = False
-    if not kafka.ready(base, timeout=1.0):
-        port = next(p for p in range(19400, 19500) if not port_open("127.0.0.1", p))
-        settings = load(
-            kafka={"bootstrap_servers": f"127.0.0.1:{port}"},
-            local={"data_dir": workdir / "broker", "start_timeout_s": 60},
-        )
-        services.up(settings)
-        started = True
+    settings, started = bench_broker(workdir, range(19400, 19500))
     topic = f"bench.streams.{uuid.uuid4().hex[:6]}"
     try:
         print(f"generating {args.posts:,} enriched posts ...", file=sys.stderr)

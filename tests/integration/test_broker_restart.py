@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import orjson
 import pytest
@@ -54,19 +55,10 @@ def private(services_settings: Settings, tmp_path: Path) -> Iterator[Settings]:
 def test_a_broker_restart_leaves_the_http_source_publishing_or_saying_it_cannot(
     private: Settings, tmp_path: Path
 ) -> None:
-    port = free_port()
     err = (tmp_path / "http.err").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pulse.cli", "ingest", "http", "--port", str(port)],
-        env=stage_env(private, INGEST__HTTP_TOKEN=TOKEN),
-        stderr=err,
-    )
-    srv = Server(port, proc)
+    srv = _http_source(private, err)
+    proc = srv.proc
     try:
-        deadline = time.monotonic() + 60
-        while _status(srv, None) != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, "the HTTP source did not come up"
-            time.sleep(0.2)
         accepted = [f"web:{i}" for i in range(20) if srv.post(post(i))[0] == 202]
         assert len(accepted) == 20
         # Posts keep coming while the broker goes away (as in the user test): records are in flight.
@@ -254,20 +246,11 @@ def test_a_fatal_producer_error_turns_the_http_source_unhealthy_and_ends_it_with
     private: Settings, tmp_path: Path
 ) -> None:
     # Issue 15, defect 1: the delivery thread died, /healthz said 200 and every POST got a 500.
-    port = free_port()
     err_path = tmp_path / "http.err"
     with err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pulse.cli", "ingest", "http", "--port", str(port)],
-            env=stage_env(private, INGEST__HTTP_TOKEN=TOKEN, INGEST__HTTP_ACK_TIMEOUT_S="5"),
-            stderr=err,
-        )
-        srv = Server(port, proc)
+        srv = _http_source(private, err, INGEST__HTTP_ACK_TIMEOUT_S="5")
+        proc = srv.proc
         try:
-            deadline = time.monotonic() + 60
-            while _status(srv, None) != 200:
-                assert proc.poll() is None and time.monotonic() < deadline, "the HTTP source did not come up"
-                time.sleep(0.2)
             assert all(srv.post(post(i))[0] == 202 for i in range(12))  # every partition has a sequence
             _restart_empty(private)
             answers = []
@@ -318,6 +301,22 @@ def test_a_fatal_producer_error_ends_inference_with_one_line_and_exit_code_1(
     assert code == 1, text[-3000:]
     assert "Traceback" not in text and "terminate called" not in text, text[-3000:]
     assert "OUT_OF_ORDER_SEQUENCE_NUMBER" in text, text[-3000:]
+
+
+def _http_source(settings: Settings, err: IO[bytes], **env: str) -> Server:
+    """`pulse ingest http` on a free port, stderr to ``err``, once its /healthz answers 200."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulse.cli", "ingest", "http", "--port", str(port)],
+        env=stage_env(settings, INGEST__HTTP_TOKEN=TOKEN, **env),
+        stderr=err,
+    )
+    srv = Server(port, proc)
+    deadline = time.monotonic() + 60
+    while _status(srv, None) != 200:
+        assert proc.poll() is None and time.monotonic() < deadline, "the HTTP source did not come up"
+        time.sleep(0.2)
+    return srv
 
 
 def _status(srv: Server, doc: object) -> int:

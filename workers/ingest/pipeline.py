@@ -87,13 +87,13 @@ class Outcome:
     deletions: list[str] = field(default_factory=list)  # ids of deleted posts: tombstones to publish
     versions: dict[int, str] = field(default_factory=dict)  # batch index -> edited_at, for edits
 
+    blank: int = 0  # empty or whitespace-only lines: not records, but counted (read = all of these)
+
     def dedup_key(self, post: Post) -> str:
         """What the dedup window remembers a post by: its id, and for an edit the version too."""
         key = post.key.decode()
         version = self.versions.get(post.position)
         return key if version is None else f"{key}{VERSION_SEP}{version}"
-
-    blank: int = 0  # empty or whitespace-only lines: not records, but counted (read = all of these)
 
     @cached_property
     def posts(self) -> list[Post]:
