@@ -248,6 +248,12 @@ class StreamsSettings(_Section):
     sample_ttl_s: int = Field(
         86_400, ge=60, description="Sample post texts expire this long after their last write (privacy)."
     )
+    dedup_ttl_s: int = Field(
+        3600,
+        ge=0,
+        description="A post delivered again (inference is at-least-once) within this long of its first copy "
+        "is not counted twice; about 130 bytes of Redis per post (0: off).",
+    )
     redis_retry_s: float = Field(
         120.0,
         gt=0,

@@ -3,7 +3,9 @@
 Redis sees one increment per (bucket, term, field) per batch, never one per post. Which records a
 shard's write includes is decided by offset: a record at or below the shard's applied offset for its
 partition is already in that shard (a replay after a crash or a rebalance) and is left out, so
-applying the same records twice changes nothing. Late records (see ``watermark``) are left out of
+applying the same records twice changes nothing. A record flagged ``duplicate`` (a second copy of a
+post at a later offset, found by the store before planning) advances its offset and is not counted.
+Late records (see ``watermark``) are left out of
 every count and returned for the dead-letter topic; undecodable ones too. Both still advance the
 applied offset: a poison record never blocks its partition.
 """
@@ -36,6 +38,7 @@ class Record:
     key: bytes | None = None
     view: EnrichedView | None = None
     error: DecodeError | None = None
+    duplicate: bool = False  # a later copy of a post already counted (``RedisTrendStore.mark_duplicates``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class Plan:
     dead: list[Record]
     counted: int  # posts counted (in shard 0: every post not late, not dead, not already applied)
     skipped: int  # records every shard already had (replayed)
+    duplicates: int = 0  # later copies of posts already counted: their offsets advance, nothing else
 
 
 def part_field(topic: str, partition: int) -> str:
@@ -101,7 +105,7 @@ def plan_batch(
     clocks: dict[tuple[str, int], PartitionClock | None] = {}
     late: list[Record] = []
     dead: list[Record] = []
-    counted = skipped = 0
+    counted = skipped = duplicates = 0
     # Per partition: each shard's applied offset, the lowest of them, and the clock as of that point.
     held_by: dict[tuple[str, int], list[int]] = {}
     floor: dict[tuple[str, int], int] = {}
@@ -134,6 +138,9 @@ def plan_batch(
             continue
         if view.post.edited_at is not None:
             continue  # an edit: counted when first posted; its samples are revised after the write
+        if record.duplicate:
+            duplicates += 1  # inference delivers at least once: the first copy was counted
+            continue
         event_ms = int(view.post.created_at.timestamp() * 1000)
         clock = clocks[tp]
         if is_late(event_ms, clock.max_event_ms if clock else None, lateness_ms):
@@ -151,7 +158,7 @@ def plan_batch(
             topic, _, partition = name.rpartition(":")
             clock = final.get((topic, int(partition)))
             write.parts[name] = (first, last, clock.max_event_ms if clock else 0, seen)
-    return Plan(writes, final, late, dead, counted, skipped)
+    return Plan(writes, final, late, dead, counted, skipped, duplicates)
 
 
 @dataclass(slots=True)

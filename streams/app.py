@@ -97,6 +97,12 @@ def faust_app(
             offset = resume[(tp.topic, tp.partition)]
             if offset is not None:
                 targets[tp] = offset
+        fresh = sorted(tp for tp in assigned if tp not in targets)
+        if fresh:
+            # Redis has counted nothing of these: from the log's start, sought explicitly. Left to
+            # faust, a partition that comes back after a revocation keeps a stale position and is
+            # never read again (the drill's takeover step found it: no commits, nothing to seek to).
+            targets.update(await consumer.earliest_offsets(*fresh))
         if targets:
             lows = await consumer.earliest_offsets(*targets)
             highs = await consumer.highwaters(*targets)
@@ -123,7 +129,8 @@ def faust_app(
                 "stage": STAGE,
                 "partitions": ",".join(str(tp.partition) for tp in sorted(assigned)),
                 "resume": ",".join(
-                    f"{tp.partition}@{targets.get(tp, 'earliest')}" for tp in sorted(assigned)
+                    f"{tp.partition}@{targets[tp]}{' (start)' if tp in fresh else ''}"
+                    for tp in sorted(assigned)
                 ),
             },
         )
@@ -158,10 +165,12 @@ def faust_app(
         highs = await app.consumer.highwaters(*tps)
         await asyncio.to_thread(processor.refresh_state, [(tp.topic, tp.partition) for tp in tps])
         stalled = {}
+        unknown = [tp for tp in tps if processor.resume_offset((tp.topic, tp.partition)) is None]
+        starts = await app.consumer.earliest_offsets(*unknown) if unknown else {}
         for tp in tps:
             resume = processor.resume_offset((tp.topic, tp.partition))
             if resume is None:
-                continue
+                resume = starts[tp]  # nothing counted yet: the whole log is left
             lag = max(0, highs[tp] - resume)
             metrics.CONSUMER_LAG.labels(STAGE, tp.topic, str(tp.partition)).set(lag)
             if lag and time.monotonic() - progress["batch_at"] > STALL_S:
@@ -272,7 +281,15 @@ def run(settings: Settings) -> int:
     c = processor.counters
     log.info(
         "streams stopped",
-        extra={"stage": STAGE, "batches": c.batches, "counted": c.counted, "late": c.late, "dead": c.dead},
+        extra={
+            "stage": STAGE,
+            "batches": c.batches,
+            "counted": c.counted,
+            "late": c.late,
+            "dead": c.dead,
+            "duplicates": c.duplicates,
+            "replayed": c.replayed,
+        },
     )
     return code
 

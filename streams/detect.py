@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from confluent_kafka import KafkaError, Message, Producer
@@ -250,14 +251,7 @@ class Detector:
         value = encode(alert)
         self._deliver(self.settings.topics.alerts, alert.id.encode(), value)
         pipe = self.client.pipeline(transaction=False)
-        keep = self.settings.alerts.retention_s  # evidence holds post texts: it expires (privacy)
-        pipe.set(self.keys.alert(alert.id), value, ex=keep)
-        pipe.zadd(self.keys.alert_index(), {alert.id: window.end})
-        pipe.zremrangebyscore(self.keys.alert_index(), "-inf", window.end - keep)
-        for sample in alert.evidence.samples:  # where a deletion of the post finds this alert
-            pipe.sadd(self.keys.alerts_with(sample.id), alert.id)
-            pipe.expire(self.keys.alerts_with(sample.id), keep)
-        pipe.set(cooldown, window.end)
+        remember_alert(pipe, self.keys, alert, value, self.settings.alerts.retention_s)
         pipe.xadd(self.keys.events(), {"type": "alert", "data": value}, maxlen=EVENTS_KEPT, approximate=True)
         pipe.execute()
         ALERTS.labels(finding.kind, kind, subject).inc()
@@ -286,6 +280,20 @@ class Detector:
         left = self.producer.flush(self.settings.kafka.producer.delivery_timeout_ms / 1000)
         if left or failures:
             raise DeliveryFailed(f"{topic}: {failures[:1] or 'not acknowledged in time'}")
+
+
+def remember_alert(pipe: Any, keys: Keys, alert: Alert, value: bytes, keep_s: int) -> None:
+    """Queue on ``pipe`` what Redis keeps of a published alert: the alert, its place in the index, the
+    posts its evidence shows (where a deletion finds it) and its subject's cool-down. ``keep_s``: how
+    long the evidence stays (it holds post texts: it expires, for privacy)."""
+    end = int(alert.window.end.timestamp())
+    pipe.set(keys.alert(alert.id), value, ex=keep_s)
+    pipe.zadd(keys.alert_index(), {alert.id: end})
+    pipe.zremrangebyscore(keys.alert_index(), "-inf", end - keep_s)
+    for sample in alert.evidence.samples:
+        pipe.sadd(keys.alerts_with(sample.id), alert.id)
+        pipe.expire(keys.alerts_with(sample.id), keep_s)
+    pipe.set(keys.cooldown(alert.kind, alert.subject_kind, alert.subject), end)
 
 
 def _dt_ms(value: object) -> float:

@@ -78,6 +78,12 @@ class Keys:
         the post removes it from); expires with the samples."""
         return f"{self.tag(shard)}:sp:{post_id}"
 
+    def post_marks(self, partition: int) -> str:
+        """Key prefix of the duplicate marks of one input partition (hash tag ``{d<partition>}``):
+        ``<prefix><post digest>`` → STRING, the offset the post was first seen at; expires after
+        ``STREAMS__DEDUP_TTL_S``."""
+        return f"{self.prefix}:{{d{partition}}}:u:"
+
     def scratch(self, shard: int, name: str) -> str:
         """A temporary key in a shard's slot, for a read that merges buckets server-side."""
         return f"{self.tag(shard)}:tmp:{name}"

@@ -60,6 +60,7 @@ class BatchStats:
     apply_s: float
     deleted: int = 0  # tombstones: posts removed from the samples and alert evidence
     edited: int = 0  # new versions of posts: samples and evidence show them, counts do not change
+    duplicates: int = 0  # later copies of posts already counted (inference is at least once)
 
     def export(self) -> None:
         """Into this process's Prometheus metrics."""
@@ -74,6 +75,7 @@ class BatchStats:
             ("conflict", self.conflicts),
             ("deleted", self.deleted),
             ("edited", self.edited),
+            ("duplicate", self.duplicates),
         ):
             if n:
                 metrics.MESSAGES.labels(STAGE, outcome).inc(n)
@@ -88,6 +90,7 @@ class Counters:
     late: int = 0
     dead: int = 0
     replayed: int = 0
+    duplicates: int = 0
     owned: set[TP] = field(default_factory=set)
 
     def add(self, stats: BatchStats) -> None:
@@ -96,6 +99,7 @@ class Counters:
         self.late += stats.late
         self.dead += stats.dead
         self.replayed += stats.replayed
+        self.duplicates += stats.duplicates
 
 
 class BatchProcessor:
@@ -214,6 +218,7 @@ class BatchProcessor:
             conflicts=result.conflicts,
             deleted=len(deleted),
             edited=len(edited),
+            duplicates=plan.duplicates,
             decode_s=decoded - started,
             apply_s=time.perf_counter() - decoded,
         )

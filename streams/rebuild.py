@@ -21,10 +21,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from pulse import redis_client
 from pulse.retry import call_with_retries
 from pulse.settings import Settings
-from schemas import DecodeError
+from schemas import Alert, DecodeError, decode
 from schemas.views import read_enriched
 from streams import STAGE
 from streams.aggregate import Record, sample_doc
+from streams.detect import remember_alert
 from streams.keys import Keys
 from streams.store import RedisTrendStore
 
@@ -51,10 +52,12 @@ def parse_since(text: str | None) -> datetime | None:
 
 
 def store_keys(client: redis_client.redis.Redis, keys: Keys) -> list[bytes]:
-    """Every key of the store's shards (counts, samples, offsets); not the detectors' records."""
+    """Every key of the store's shards (counts, samples, offsets) and its duplicate marks; not the
+    detectors' records."""
     found: list[bytes] = []
     for shard in range(keys.shards):
         found += list(client.scan_iter(match=f"{keys.tag(shard)}:*", count=1000))
+    found += list(client.scan_iter(match=f"{keys.prefix}:{{d*}}:u:*", count=1000))
     return found
 
 
@@ -132,7 +135,7 @@ def rebuild(settings: Settings, *, since: str | None, wipe: bool, progress: bool
                     for p, (begin, _) in todo.items()
                 ]
             )
-        counted = late = dead = 0
+        counted = late = dead = duplicates = 0
         remaining = dict(todo)
         while remaining:
             messages = consumer.consume(num_messages=cfg.batch_size, timeout=1.0)
@@ -184,9 +187,69 @@ def rebuild(settings: Settings, *, since: str | None, wipe: bool, progress: bool
             counted += result.plan.counted
             late += len(result.plan.late)
             dead += len(result.plan.dead)
+            duplicates += result.plan.duplicates
             bar.add(len(records))
         bar.add(0, final=True)
     finally:
         consumer.close()
-    print(f"rebuilt {topic}: {counted:,} posts counted, {late:,} late, {dead:,} undecodable")
+    print(
+        f"rebuilt {topic}: {counted:,} posts counted, {duplicates:,} duplicates, {late:,} late, "
+        f"{dead:,} undecodable"
+    )
+    restored = restore_alerts(settings, client, keys)
+    print(f"restored {restored:,} alerts from {settings.topics.alerts} (and their subjects' cool-downs)")
     return 0
+
+
+def restore_alerts(settings: Settings, client: redis_client.redis.Redis, keys: Keys) -> int:
+    """Put back what Redis keeps of every alert on the alerts topic (compacted: the latest version of
+    each id) whose evidence has not expired: the alert for the API, the post index a deletion uses,
+    and the cool-downs, so a spike still going on after Redis lost its data is not raised again."""
+    topic, keep = settings.topics.alerts, settings.alerts.retention_s
+    consumer = Consumer(
+        settings.kafka.config(
+            **{"group.id": f"pulse-streams-rebuild-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+        )
+    )
+    latest: dict[str, bytes | None] = {}
+    try:
+        metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise RebuildError(f"topic {topic} is not there: run 'pulse topics apply'")
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            for p in metadata.partitions
+        }
+        remaining = {p: high for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        while remaining:
+            for msg in consumer.consume(num_messages=1000, timeout=1.0):
+                if (err := msg.error()) is not None:
+                    if err.fatal():
+                        raise KafkaException(err)
+                    continue
+                p, offset = msg.partition() or 0, msg.offset() or 0
+                if (key := msg.key()) is not None:
+                    latest[key.decode(errors="replace")] = msg.value()
+                if p in remaining and offset + 1 >= remaining[p]:
+                    del remaining[p]
+    finally:
+        consumer.close()
+    now = time.time()
+    alerts = []
+    for value in latest.values():
+        if value is None:
+            continue
+        try:
+            alerts.append((decode(value, Alert), value))
+        except DecodeError:
+            continue  # not ours to judge here: the topic's consumers dead-letter it
+    pipe = client.pipeline(transaction=False)
+    restored = 0
+    for alert, value in sorted(alerts, key=lambda av: av[0].window.end):  # the latest end is the cool-down
+        left = keep - int(now - alert.created_at.timestamp())
+        if left > 0:
+            remember_alert(pipe, keys, alert, value, left)
+            restored += 1
+    pipe.execute()
+    return restored

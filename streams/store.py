@@ -10,7 +10,9 @@ shard exactly once, whatever crashes, rebalances or replays happen around it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,6 +100,27 @@ return removed
 """
 
 
+# KEYS[1]: the partition's marks prefix (its slot). ARGV[1]: that prefix, ARGV[2]: the marks' TTL (s),
+# then (post digest, offset) pairs in consumption order. Each post not marked yet is marked with its
+# offset; returns the 1-based positions of the pairs whose post was first seen at another offset. A
+# replay finds its own offsets, so checking a batch again (a crash before its write) changes nothing.
+DEDUP = """
+local dups = {}
+for i = 3, #ARGV, 2 do
+  local key, off = ARGV[1] .. ARGV[i], ARGV[i + 1]
+  if not redis.call('SET', key, off, 'NX', 'EX', ARGV[2]) then
+    if redis.call('GET', key) ~= off then dups[#dups + 1] = (i - 1) / 2 end
+  end
+end
+return dups
+"""
+
+
+def post_digest(post_id: str) -> str:
+    """64 bits of BLAKE2b of a post id: a mark's key (short, whatever the id's length)."""
+    return hashlib.blake2b(post_id.encode(), digest_size=8).hexdigest()
+
+
 class Conflict(RuntimeError):
     """A shard already holds records of this write: reload its offsets and plan again."""
 
@@ -154,6 +177,7 @@ class RedisTrendStore:
             lateness_ms=cfg.lateness_s * 1000,
             sample_size=cfg.sample_size,
             sample_ttl_s=cfg.sample_ttl_s,
+            dedup_ttl_s=cfg.dedup_ttl_s,
         )
 
     def __init__(
@@ -164,8 +188,10 @@ class RedisTrendStore:
         lateness_ms: int,
         sample_size: int,
         sample_ttl_s: int,
+        dedup_ttl_s: int = 3600,
     ) -> None:
         self.client = client
+        self.dedup_ttl_s = dedup_ttl_s
         self.keys = keys
         self.lateness_ms = lateness_ms
         self.sample_size = sample_size
@@ -173,6 +199,7 @@ class RedisTrendStore:
         self.applied: dict[int, dict[tuple[str, int], Applied]] = {s: {} for s in range(keys.shards)}
         self._apply = client.register_script(APPLY)
         self._forget = client.register_script(FORGET)
+        self._dedup = client.register_script(DEDUP)
 
     def load(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
         """Read the shards' applied offsets for ``partitions``; the offset to resume each from (the
@@ -242,6 +269,7 @@ class RedisTrendStore:
         """
         conflicts = 0
         tps = {(r.topic, r.partition) for r in records}
+        self.mark_duplicates(records)
         while True:
             plan = self.plan(records, wall_ms)
             if before_write is not None:
@@ -260,6 +288,42 @@ class RedisTrendStore:
                     extra={"stage": "streams", "detail": str(exc)},
                 )
                 self.load(tps)
+
+    def mark_duplicates(self, records: Sequence[Record]) -> int:
+        """Flag the records that are later copies of a post already seen on their partition (inference
+        delivers at least once: a worker killed before storing its offsets publishes a batch again);
+        how many. A post is recognised for ``dedup_ttl_s`` after its first copy; 0 turns this off.
+
+        One Lua call per partition in the batch (the marks carry the partition's hash tag), pipelined.
+        Records every shard already applied, deletions and edits are not checked.
+        """
+        if self.dedup_ttl_s <= 0:
+            return 0
+        by_partition: dict[int, list[Record]] = defaultdict(list)
+        floors: dict[tuple[str, int], int] = {}
+        for record in records:
+            view = record.view
+            if view is None or view.post.edited_at is not None:
+                continue
+            tp = (record.topic, record.partition)
+            if tp not in floors:
+                shards = [shard.get(tp) for shard in self.applied.values()]
+                floors[tp] = min(-1 if h is None else h.offset for h in shards)
+            if record.offset > floors[tp]:
+                by_partition[record.partition].append(record)
+        if not by_partition:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for partition, checked in by_partition.items():
+            prefix = self.keys.post_marks(partition)
+            pairs = [x for r in checked if r.view for x in (post_digest(r.view.post.id), str(r.offset))]
+            self._dedup(keys=[prefix], args=[prefix, self.dedup_ttl_s, *pairs], client=pipe)
+        found = 0
+        for checked, positions in zip(by_partition.values(), pipe.execute(), strict=True):
+            for position in positions:
+                checked[int(position) - 1].duplicate = True
+                found += 1
+        return found
 
     def forget_posts(self, post_ids: Sequence[str]) -> int:
         """Remove deleted posts from every sample that holds them (idempotent); how many were held."""

@@ -23,7 +23,7 @@ from pulse.settings import Settings
 from schemas import Author, DeadLetter, EnrichedPost, Entity, Sentiment, WatchMatch, decode, encode
 from streams.keys import Keys
 from streams.read import TrendReader
-from tests.factories import enriched_factory, post_factory
+from tests.factories import alert_factory, enriched_factory, post_factory
 from tests.harness import stage_env
 from tests.kafka_io import read_topic
 
@@ -273,6 +273,15 @@ def test_rebuild_after_redis_lost_everything_restores_the_exact_counts(
     assert stop(proc) == 0
     r = reader(stream_settings)
     before = (dict(r.top("hashtag", r.window(3600), 20)), r.totals(r.window(3600)))
+    # An alert raised earlier (on the topic, and in Redis until it is lost), then a newer version of it
+    # (re-published after a deletion): the rebuild puts the latest back, with its subject's cool-down.
+    keys = Keys(stream_settings.redis.key_prefix)
+    alert = alert_factory(created_at=datetime.now(UTC) - timedelta(hours=1))
+    revised = alert.model_copy(update={"evidence": alert.evidence.model_copy(update={"samples": ()})})
+    producer = Producer(stream_settings.kafka.config())
+    for version in (alert, revised):
+        producer.produce(stream_settings.topics.alerts, encode(version), alert.id.encode())
+    assert producer.flush(30) == 0
     with redis_client.client(stream_settings) as client:
         client.flushdb()  # Redis lost its data
     rebuilt = subprocess.run(
@@ -285,6 +294,11 @@ def test_rebuild_after_redis_lost_everything_restores_the_exact_counts(
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "3,000 posts counted" in rebuilt.stdout and "3,000/3,000" in rebuilt.stderr
     assert (dict(r.top("hashtag", r.window(3600), 20)), r.totals(r.window(3600))) == before
+    assert "restored 1 alerts" in rebuilt.stdout
+    assert r.alerts([alert.id]) == [encode(revised)]
+    with redis_client.client(stream_settings) as client:
+        cooldown = client.get(keys.cooldown(alert.kind, alert.subject_kind, alert.subject))
+    assert cooldown is not None and int(cooldown) == int(alert.window.end.timestamp())
     again = subprocess.run(
         [*PULSE, "streams", "rebuild"],
         env=stage_env(stream_settings),

@@ -136,3 +136,53 @@ def test_watched_terms_keep_platforms_authors_coterms_and_bounded_samples(settin
         by_minute.setdefault(int(r.view.post.created_at.timestamp()) // 60, []).append(r.view.post.id)
     want = [pid for minute in sorted(by_minute, reverse=True) for pid in by_minute[minute][:5]][:10]
     assert [s["id"] for s in summary.samples] == want
+
+
+def redelivered(records: list[Record], copies: list[int], partitions: int = 1) -> list[Record]:
+    """``records`` followed by a second copy of the posts at ``copies``, at later offsets of the same
+    partition: what an inference worker killed before storing its offsets produces (at least once)."""
+    out = list(records)
+    next_offset = {p: 1 + max(r.offset for r in records if r.partition == p) for p in range(partitions)}
+    for i in copies:
+        first = records[i]
+        out.append(Record(TOPIC, first.partition, next_offset[first.partition], first.value, view=first.view))
+        next_offset[first.partition] += 1
+    return out
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_post_delivered_twice_at_different_offsets_is_counted_once(settings: Settings, shards: int) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    records = batch(300, start, partitions=2)
+    stream = redelivered(records, copies=[*range(250, 300), 3, 4], partitions=2)
+    store, reader = stores(settings, shards)
+    store.load([(TOPIC, 0), (TOPIC, 1)])
+    first = store.apply(stream[:280], wall_ms=1)  # the originals of 280..299 come in the next batch
+    second = store.apply(stream[280:], wall_ms=2)
+    assert first.plan.counted + second.plan.counted == 300
+    assert first.plan.duplicates + second.plan.duplicates == 52
+    window = reader.window(3600)
+    assert reader.totals(window)["n"] == 300
+    assert dict(reader.top("hashtag", window, 10)) == dict(expected(records, "hashtag"))
+    # A crash after the duplicate check and before the write: the replay counts what it must, once.
+    again, _ = stores(settings, shards)
+    again.load([(TOPIC, 0), (TOPIC, 1)])
+    replay = again.apply(stream, wall_ms=3)
+    assert replay.plan.counted == 0 and replay.plan.duplicates == 0
+    assert reader.totals(window)["n"] == 300
+
+
+def test_the_duplicate_check_is_safe_to_repeat_before_a_write(settings: Settings) -> None:
+    """Marks are set before the write: a batch whose write never happened (a crash between the two)
+    is checked again on its replay and still counts every original once."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    records = batch(100, start, partitions=1)
+    stream = redelivered(records, copies=[10, 20, 30])
+    store, reader = stores(settings, shards=1)
+    store.load([(TOPIC, 0)])
+    assert store.mark_duplicates(stream) == 3  # the check ran; the write did not (a crash)
+    for record in stream:
+        record.duplicate = False
+    result = store.apply(stream, wall_ms=1)
+    assert result.plan.counted == 100 and result.plan.duplicates == 3
+    assert reader.totals(reader.window(3600))["n"] == 100
