@@ -67,13 +67,15 @@ class FakeConsumer:
         self.lock = threading.Lock()
         self.on_store: Callable[[int, int], None] = lambda p, o: None
         self.callbacks: dict[str, Any] = {}
+        self.assigned: set[int] | None = None  # None: every partition (a test takes them away)
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.callbacks = callbacks
         callbacks["on_assign"](self, self.assignment())
 
     def assignment(self) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p) for p in self.queues]
+        held = self.queues if self.assigned is None else self.assigned
+        return [TopicPartition(self.topic, p) for p in held]
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         out: list[FakeMessage] = []
@@ -343,6 +345,40 @@ def test_a_model_failure_stops_the_worker_with_exit_code_1() -> None:
     assert run_until(worker, lambda: False, timeout=3) == 1
     assert consumer.stored.get(0, 0) <= 20
     assert not worker.healthy()
+
+
+def test_partitions_lost_while_paused_are_consumed_again_when_they_come_back() -> None:
+    """The drill's broker restart: the partitions were paused (the tokeniser behind), the group lost
+    them, and librdkafka kept them paused when they were assigned again (pause is a partition's state,
+    not the assignment's): the worker sat idle with lag for good. A new assignment sets the state."""
+    n = 200
+    worker, consumer, _ = make(
+        {0: [post_bytes(i) for i in range(n)], 1: [post_bytes(1000 + i) for i in range(n)]},
+        model=FakeModel(delay=0.05),
+        queue_batches=1,
+        pause_after_ms=0,
+        queue_micro_batches=1,
+    )
+    everything = [TopicPartition("posts.raw", p) for p in (0, 1)]
+    events: list[str] = []
+    original = consumer.consume
+
+    def consume(num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        if consumer.paused and not events:  # as librdkafka does, inside a poll: the group lost them
+            events.append("lost")
+            consumer.assigned = set()
+            consumer.callbacks["on_lost"](consumer, everything)
+        elif events == ["lost"]:  # a later poll: the same partitions come back
+            events.append("assigned")
+            consumer.assigned = None
+            consumer.callbacks["on_assign"](consumer, everything)
+        return original(num_messages, timeout)
+
+    consumer.consume = consume  # type: ignore[method-assign]
+    done = run_until(worker, lambda: consumer.stored == {0: n, 1: n}, timeout=40)
+    assert events == ["lost", "assigned"]
+    assert consumer.stored == {0: n, 1: n}, f"stuck: {consumer.paused=} {consumer.stored=}"
+    assert done == 0
 
 
 def test_revocation_drains_and_commits_the_revoked_partitions_and_drops_what_was_not_started() -> None:

@@ -471,8 +471,11 @@ class InferenceWorker:
     # ------------------------------------------------------------------ rebalance (main thread)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._gate.paused and partitions:
-            consumer.pause(partitions)
+        if partitions:
+            # Pause is a partition's state in librdkafka, kept across a loss and a new assignment:
+            # partitions lost while paused came back paused and were never read again (the drill's
+            # broker restart under load). Set it from the gate, both ways.
+            (consumer.pause if self._gate.paused else consumer.resume)(partitions)
         self._owned = self._owned | {(p.topic, p.partition) for p in partitions}
         log.info(
             "partitions assigned",
