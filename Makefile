@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # tests wait on brokers and processes: on 2 cores two workers halve the wall time). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
-.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models models-train models-ship models-eval clean
+.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models drill soak models-train models-ship models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -109,6 +109,12 @@ bench-streams: install  ## streams stage posts/s vs a no-op faust agent and a pl
 
 bench-pipeline: install  ## the whole pipeline: sustained posts/s, ingest-to-Redis latency, CPU/RSS, lag plot -> bench/results/pipeline.json (~15 min)
 	$(BIN)/python bench/bench_pipeline.py
+
+drill: install  ## fault drill: kill/restart every stage, broker and Redis faults, hostile input; reconciled per step -> bench/results/drill.json (~12 min)
+	$(BIN)/python bench/drill.py
+
+soak: install  ## 10 minutes at 100 posts/s: RSS flat, lag flat, counts reconcile -> bench/results/soak.json (~14 min)
+	$(BIN)/python bench/soak.py
 
 bench-models: install  ## pipeline(...) baseline vs our ONNX runtime -> bench/results/models.json (needs models-ship's build/)
 	$(BIN)/python bench/bench_models.py --threads 2
