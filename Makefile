@@ -113,7 +113,7 @@ bench-pipeline: install  ## the whole pipeline: sustained posts/s, ingest-to-Red
 drill: install  ## fault drill: kill/restart every stage, broker and Redis faults, hostile input; reconciled per step -> bench/results/drill.json (~12 min)
 	$(BIN)/python bench/drill.py
 
-soak: install  ## 10 minutes at 100 posts/s: RSS flat, lag flat, counts reconcile -> bench/results/soak.json (~14 min)
+soak: install  ## 10 minutes at 50 posts/s: RSS flat, lag flat, counts reconcile -> bench/results/soak.json (~14 min)
 	$(BIN)/python bench/soak.py
 
 bench-models: install  ## pipeline(...) baseline vs our ONNX runtime -> bench/results/models.json (needs models-ship's build/)

@@ -155,6 +155,9 @@ class Drill:
                     if status == 202:
                         self.acked.add(post["id"])
                         break
+                    if 400 <= status < 500:  # refused: the reconciliation reports it (not acked)
+                        self.fault_problems.append(f"a background post refused: HTTP {status}")
+                        break
                     time.sleep(0.5)
                 time.sleep(every_s)
             client.close()

@@ -26,6 +26,7 @@ import orjson
 import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from pydantic import BaseModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -39,20 +40,11 @@ from streams.read import TrendReader  # noqa: E402
 PULSE = [sys.executable, "-m", "pulse.cli"]
 WATCHLIST = REPO_ROOT / "infra" / "sample" / "watchlist.yaml"
 TOKEN = "drill-token"
-# Settings sections a child must take from the stack, never from the caller's shell.
-_SECTIONS = (
-    "KAFKA__",
-    "REDIS__",
-    "TOPICS__",
-    "LOCAL__",
-    "INGEST__",
-    "INFERENCE__",
-    "STREAMS__",
-    "TRENDS__",
-    "ALERTS__",
-    "API__",
-    "NOTIFY__",
-    "PRIVACY__",
+# Settings sections a child must take from the stack, never from the caller's shell (KAFKA__, ...).
+_SECTIONS = tuple(
+    f"{name.upper()}__"
+    for name, f in Settings.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
 )
 
 
@@ -213,17 +205,6 @@ class HttpClient:
         except (OSError, http.client.HTTPException):
             self.close()
             return 0, b""
-
-    def slow_commands(self, over_ms: float = 250) -> list[str]:
-        """Commands Redis's slow log holds that took over ``over_ms`` (it keeps the last 128)."""
-        with contextlib.suppress(Exception):
-            entries = self.redis.slowlog_get(128)
-            return [
-                f"{e['duration'] / 1000:.0f} ms: {e['command'][:120]!r}"
-                for e in entries
-                if e["duration"] > over_ms * 1000
-            ]
-        return []
 
     def close(self) -> None:
         if self.conn is not None:
