@@ -23,8 +23,13 @@ After each step, once the pipeline has drained, it reconciles everything so far 
 every acknowledged post is on posts.raw and posts.enriched (inference duplicates are counted and
 printed), Redis counts every post exactly once (all posts, and each hashtag the drill used), no
 dead letter except for the hostile records (each one there with a reason, or refused with a 4xx and
-counted), no alert id twice on the alerts topic, and no stage exited on its own. Each step prints a
-row; the exit code is 0 only when every step passed. ``--short`` is the version `make test` runs.
+counted), no alert raised twice (an id twice on the alerts topic, or the same kind for the same
+subject within the cool-down), and no stage exited on its own. A post every 0.5 s flows all through
+(paused while a step reconciles), so every window has a covered baseline; Initech's posts turn angry
+in two steps, before and after the flush, so alerts are raised and the cool-down must survive Redis's
+loss. At the end the drill waits for the detectors to judge the last window and stops every stage
+with SIGTERM. Each step prints a row; the exit code is 0 only when every step passed. ``--short`` is
+the version `make test` runs.
 
 The local broker (noida-db) never expires a SIGKILLed group member (docs/streams.md): in the takeover
 step the drill waits for the broker to move the partitions and, when it does not, removes the dead
