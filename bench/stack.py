@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,9 @@ class Sender:
             due = began + i / rate
             if (wait := due - time.monotonic()) > 0:
                 time.sleep(wait)
+            stamp = datetime.now(UTC).isoformat()
+            for post in chunk:  # written when sent, as a platform stamps a post (a retry keeps it)
+                post["created_at"] = stamp
             body = orjson.dumps(chunk)
             deadline = time.monotonic() + 180
             while True:
