@@ -303,17 +303,6 @@ class Tail:
                 self.next[p] = offset + 1
         return self.records[before:]
 
-    def slow_commands(self, over_ms: float = 250) -> list[str]:
-        """Commands Redis's slow log holds that took over ``over_ms`` (it keeps the last 128)."""
-        with contextlib.suppress(Exception):
-            entries = self.redis.slowlog_get(128)
-            return [
-                f"{e['duration'] / 1000:.0f} ms: {e['command'][:120]!r}"
-                for e in entries
-                if e["duration"] > over_ms * 1000
-            ]
-        return []
-
     def close(self) -> None:
         self.consumer.close()
 
