@@ -322,6 +322,9 @@ class NoopProcessor:
     def resume_offset(self, tp: tuple[str, int]) -> int | None:
         return None
 
+    def sought(self, targets: dict[tuple[str, int], int]) -> None:
+        return None
+
     def watermark_ms(self) -> int | None:
         return None
 

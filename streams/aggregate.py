@@ -82,6 +82,10 @@ class Plan:
     counted: int  # posts counted (in shard 0: every post not late, not dead, not already applied)
     skipped: int  # records every shard already had (replayed)
     duplicates: int = 0  # later copies of posts already counted: their offsets advance, nothing else
+    # Partitions whose records do not continue where their applied offset ends (records that never
+    # reached the stage): from the first missing offset on, nothing of them is planned; seek them
+    # back to the offset given.
+    gaps: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def part_field(topic: str, partition: int) -> str:
@@ -96,8 +100,17 @@ def plan_batch(
     wall_ms: int,
     sample_size: int,
     sample_ttl_s: int,
+    starts: Mapping[tuple[str, int], int] | None = None,
 ) -> Plan:
-    """The per-shard writes for ``records`` (in consumption order) given what each shard holds."""
+    """The per-shard writes for ``records`` (in consumption order) given what each shard holds.
+
+    A partition is read as a contiguous log: its next record must be at its applied offset + 1, or
+    at ``starts[partition]`` (where the stage sought it: the log's start for a partition nothing was
+    counted of, or past records retention deleted). A record further on means records in between
+    never reached the stage; the partition is left out from there and named in ``Plan.gaps``.
+    """
+    starts = starts or {}
+    gaps: dict[tuple[str, int], int] = {}
     shards = keys.shards
     all_shards = list(range(shards))
     acc = {s: _Acc() for s in all_shards}
@@ -119,9 +132,15 @@ def plan_batch(
             held_by[tp], floor[tp], uniform[tp] = offsets, offsets[low], len(set(offsets)) == 1
             lowest = held[low]
             clocks[tp] = lowest.clock if lowest is not None else None
+        if tp in gaps:
+            continue
         offset = record.offset
         if offset <= floor[tp]:
             skipped += 1
+            continue
+        expected = floor[tp] + 1 if floor[tp] >= 0 else starts.get(tp)
+        if expected is not None and offset != expected and offset != starts.get(tp):
+            gaps[tp] = expected
             continue
         # A seek back (a rebalance, the stall guard) can put an offset in the batch twice: the
         # floor rises with every record planned, so the second copy is a replay like any other.
@@ -158,7 +177,7 @@ def plan_batch(
             topic, _, partition = name.rpartition(":")
             clock = final.get((topic, int(partition)))
             write.parts[name] = (first, last, clock.max_event_ms if clock else 0, seen)
-    return Plan(writes, final, late, dead, counted, skipped, duplicates)
+    return Plan(writes, final, late, dead, counted, skipped, duplicates, gaps)
 
 
 @dataclass(slots=True)

@@ -50,6 +50,8 @@ class Processor(Protocol):
 
     def resume_offset(self, tp: TP) -> int | None: ...
 
+    def sought(self, targets: dict[TP, int]) -> None: ...
+
     def watermark_ms(self) -> int | None: ...
 
     def refresh_state(self, tps: list[TP]) -> None: ...
@@ -88,6 +90,47 @@ def faust_app(
     state = {"stopping": False}
     progress = {"batch_at": time.monotonic()}
 
+    async def seek(targets: dict[Any, int]) -> None:
+        """Seek partitions (faust TPs) to these offsets, or to their log's start where retention
+        deleted records before they were counted; the processor learns where each was sought."""
+        if not targets:
+            return
+        consumer = app.consumer
+        lows = await consumer.earliest_offsets(*targets)
+        highs = await consumer.highwaters(*targets)
+        for tp, offset in list(targets.items()):
+            if offset > highs[tp]:
+                raise RuntimeError(
+                    f"Redis has applied {topic_name}[{tp.partition}] up to {offset - 1} but the topic "
+                    f"ends at {highs[tp]}: the topic was recreated? Clear the store and run "
+                    f"'pulse streams rebuild'"
+                )
+            if offset < lows[tp]:
+                log.error(
+                    "records aged out of the topic before they were counted",
+                    extra={"stage": STAGE, "partition": tp.partition, "missing": lows[tp] - offset},
+                )
+                metrics.MESSAGES.labels(STAGE, "aged_out").inc(lows[tp] - offset)
+                targets[tp] = lows[tp]
+        await asyncio.to_thread(processor.sought, {(tp.topic, tp.partition): o for tp, o in targets.items()})
+        await consumer.seek_wait(targets)
+
+    async def seek_back_over_gaps(gaps: tuple[tuple[str, int, int], ...]) -> None:
+        """Records of a partition never reached the agent (faust can drop what it fetched around a
+        rebalance) and a later batch did not continue where Redis's applied offset ends: that
+        partition was left out of the batch; read it again from its first missing offset."""
+        wanted = {(topic, partition): offset for topic, partition, offset in gaps}
+        targets = {tp: wanted[(tp.topic, tp.partition)] for tp in app.consumer.assignment()
+                   if (tp.topic, tp.partition) in wanted}  # fmt: skip
+        log.warning(
+            "records missing from a partition: seeking back to the first one",
+            extra={
+                "stage": STAGE,
+                "partitions": ",".join(f"{tp.partition}@{o}" for tp, o in targets.items()),
+            },
+        )
+        await seek(targets)
+
     async def seek_to_redis(sender: Any, **kwargs: Any) -> None:
         consumer = app.consumer
         assigned = {tp for tp in consumer.assignment() if tp.topic == topic_name}
@@ -103,24 +146,7 @@ def faust_app(
             # faust, a partition that comes back after a revocation keeps a stale position and is
             # never read again (the drill's takeover step found it: no commits, nothing to seek to).
             targets.update(await consumer.earliest_offsets(*fresh))
-        if targets:
-            lows = await consumer.earliest_offsets(*targets)
-            highs = await consumer.highwaters(*targets)
-            for tp, offset in list(targets.items()):
-                if offset > highs[tp]:
-                    raise RuntimeError(
-                        f"Redis has applied {topic_name}[{tp.partition}] up to {offset - 1} but the topic "
-                        f"ends at {highs[tp]}: the topic was recreated? Clear the store and run "
-                        f"'pulse streams rebuild'"
-                    )
-                if offset < lows[tp]:
-                    log.error(
-                        "records aged out of the topic before they were counted",
-                        extra={"stage": STAGE, "partition": tp.partition, "missing": lows[tp] - offset},
-                    )
-                    metrics.MESSAGES.labels(STAGE, "aged_out").inc(lows[tp] - offset)
-                    targets[tp] = lows[tp]
-            await consumer.seek_wait(targets)
+        await seek(targets)
         owned.clear()
         owned.update((tp.topic, tp.partition) for tp in assigned)
         log.info(
@@ -184,7 +210,7 @@ def faust_app(
                 },
             )
             metrics.MESSAGES.labels(STAGE, "reseek").inc(len(stalled))
-            await app.consumer.seek_wait(stalled)
+            await seek(stalled)
             progress["batch_at"] = time.monotonic()
         mark = processor.watermark_ms()
         if mark is not None:
@@ -207,7 +233,10 @@ def faust_app(
                     for m in (event.message for event in batch)
                     if (m.topic, m.partition) in owned
                 ]
-                await asyncio.to_thread(processor.process, records)
+                stats = await asyncio.to_thread(processor.process, records)
+                gaps = getattr(stats, "gaps", ())
+                if gaps:
+                    await seek_back_over_gaps(gaps)
             finally:
                 progress["batch_at"] = time.monotonic()
                 idle.set()

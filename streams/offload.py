@@ -91,6 +91,7 @@ def _serve(settings_doc: dict[str, Any], conn: Connection) -> None:
     calls: dict[str, Callable[..., Any]] = {
         "assigned": assigned,
         "revoked": revoked,
+        "sought": processor.sought,
         "process": lambda rows: processor.process([Record(*row) for row in rows]),
         "state": lambda tps: ({tp: processor.resume_offset(tp) for tp in tps}, processor.watermark_ms()),
     }
@@ -173,6 +174,9 @@ class Offloaded:
             stats.export()
             self.counters.add(stats)
         return stats
+
+    def sought(self, targets: dict[TP, int]) -> None:
+        self._call("sought", targets)
 
     def refresh_state(self, tps: list[TP]) -> None:
         """Resume offsets and the watermark of the owned partitions, for the lag gauges."""

@@ -61,6 +61,7 @@ class BatchStats:
     deleted: int = 0  # tombstones: posts removed from the samples and alert evidence
     edited: int = 0  # new versions of posts: samples and evidence show them, counts do not change
     duplicates: int = 0  # later copies of posts already counted (inference is at least once)
+    gaps: tuple[tuple[str, int, int], ...] = ()  # (topic, partition, offset): records missing, seek back
 
     def export(self) -> None:
         """Into this process's Prometheus metrics."""
@@ -76,6 +77,7 @@ class BatchStats:
             ("deleted", self.deleted),
             ("edited", self.edited),
             ("duplicate", self.duplicates),
+            ("gap", len(self.gaps)),
         ):
             if n:
                 metrics.MESSAGES.labels(STAGE, outcome).inc(n)
@@ -163,10 +165,14 @@ class BatchProcessor:
             self.store.forget(tps)
             self.counters.owned -= set(tps)
 
+    def sought(self, targets: dict[TP, int]) -> None:
+        """The stage sought these partitions here: their next batch may start there."""
+        with self._lock:
+            self.store.sought(targets)
+
     def resume_offset(self, tp: TP) -> int | None:
         """Where this process would resume ``tp``: the lowest applied offset over the shards, plus one."""
-        held = [shard.get(tp) for shard in self.store.applied.values()]
-        return None if any(h is None for h in held) else min(h.offset for h in held if h is not None) + 1
+        return self.store.resume_from(tp)
 
     def watermark_ms(self) -> int | None:
         """The event-time watermark of the partitions this process owns (for the lag gauge)."""
@@ -219,6 +225,7 @@ class BatchProcessor:
             deleted=len(deleted),
             edited=len(edited),
             duplicates=plan.duplicates,
+            gaps=tuple((topic, partition, offset) for (topic, partition), offset in plan.gaps.items()),
             decode_s=decoded - started,
             apply_s=time.perf_counter() - decoded,
         )

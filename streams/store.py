@@ -197,6 +197,8 @@ class RedisTrendStore:
         self.sample_size = sample_size
         self.sample_ttl_s = sample_ttl_s
         self.applied: dict[int, dict[tuple[str, int], Applied]] = {s: {} for s in range(keys.shards)}
+        # Where the stage last sought a partition: a batch may start there (see ``plan_batch``).
+        self.starts: dict[tuple[str, int], int] = {}
         self._apply = client.register_script(APPLY)
         self._forget = client.register_script(FORGET)
         self._dedup = client.register_script(DEDUP)
@@ -240,8 +242,18 @@ class RedisTrendStore:
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Partitions this process no longer owns: their cache goes (a new owner reloads it)."""
         for tp in partitions:
+            self.starts.pop(tp, None)
             for held in self.applied.values():
                 held.pop(tp, None)
+
+    def sought(self, targets: Mapping[tuple[str, int], int]) -> None:
+        """The stage sought these partitions to these offsets: a batch may start there."""
+        self.starts.update(targets)
+
+    def resume_from(self, tp: tuple[str, int]) -> int | None:
+        """The lowest applied offset over the shards, plus one; None if a shard has applied nothing."""
+        held = [shard.get(tp) for shard in self.applied.values()]
+        return None if any(h is None for h in held) else min(h.offset for h in held if h is not None) + 1
 
     def plan(self, records: Sequence[Record], wall_ms: int) -> Plan:
         return plan_batch(
@@ -252,6 +264,7 @@ class RedisTrendStore:
             wall_ms,
             self.sample_size,
             self.sample_ttl_s,
+            self.starts,
         )
 
     def apply(

@@ -186,3 +186,49 @@ def test_the_duplicate_check_is_safe_to_repeat_before_a_write(settings: Settings
     result = store.apply(stream, wall_ms=1)
     assert result.plan.counted == 100 and result.plan.duplicates == 3
     assert reader.totals(reader.window(3600))["n"] == 100
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_records_missing_between_batches_are_never_skipped(settings: Settings, shards: int) -> None:
+    """The drill's takeover step found posts uncounted while the applied offsets had passed them:
+    records of a partition that never reached the agent (dropped around a rebalance) and a later
+    batch of the same partition applied past them. A batch that does not continue where a
+    partition's applied offset ends is not applied for that partition; it asks to be sought back."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    records = batch(300, start, partitions=2)
+    p0 = [r for r in records if r.partition == 0]
+    p1 = [r for r in records if r.partition == 1]
+    store, reader = stores(settings, shards)
+    store.load([(TOPIC, 0), (TOPIC, 1)])
+    store.apply(p0[:50] + p1[:50], wall_ms=1)
+    # Partition 0's records 50..79 never arrive; 80.. do (partition 1 is whole).
+    result = store.apply(p0[80:] + p1[50:], wall_ms=2)
+    assert result.plan.gaps == {(TOPIC, 0): 50}
+    assert result.plan.counted == 100  # partition 1 only
+    assert store.resume_from((TOPIC, 0)) == 50
+    # Sought back: the whole rest of partition 0 comes, and every post is counted once.
+    result = store.apply(p0[50:], wall_ms=3)
+    assert result.plan.gaps == {} and result.plan.counted == 100
+    assert reader.totals(reader.window(3600))["n"] == 300
+    assert dict(reader.top("hashtag", reader.window(3600), 10)) == dict(expected(records, "hashtag"))
+
+
+def test_a_partition_sought_past_aged_out_records_may_start_there(settings: Settings) -> None:
+    """Where retention deleted records before they were counted, the stage seeks to the log's start
+    and says so (``sought``): that one jump is accepted; any other is a gap."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    records = batch(100, start, partitions=1)
+    store, _ = stores(settings, shards=1)
+    store.load([(TOPIC, 0)])
+    store.apply(records[:10], wall_ms=1)
+    assert store.apply(records[40:], wall_ms=2).plan.gaps == {(TOPIC, 0): 10}
+    store.sought({(TOPIC, 0): 40})  # records 10..39 aged out of the topic
+    result = store.apply(records[40:], wall_ms=3)
+    assert result.plan.gaps == {} and result.plan.counted == 60
+    # A partition nothing was counted of, sought to its log's start: it must begin there.
+    fresh, _ = stores(settings, shards=1)
+    other = [Record(TOPIC, 1, r.offset, r.value, view=r.view) for r in batch(20, start, seed=2, partitions=1)]
+    fresh.load([(TOPIC, 1)])
+    fresh.sought({(TOPIC, 1): 0})
+    assert fresh.apply(other[5:], wall_ms=4).plan.gaps == {(TOPIC, 1): 0}
+    assert fresh.apply(other, wall_ms=5).plan.counted == 20
