@@ -297,7 +297,7 @@ class Drill:
         for ((p, _pid), o), mark in zip(items, pipe.execute(), strict=True):
             if mark is None:
                 unmarked[p] += 1
-            elif int(mark) != o:
+            elif int(mark.split()[0]) != o:
                 wrong[p] += 1
         return f"marks naming another offset {dict(wrong)}, posts without a mark {dict(unmarked)}"
 

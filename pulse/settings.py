@@ -252,7 +252,18 @@ class StreamsSettings(_Section):
         3600,
         ge=0,
         description="A post delivered again (inference is at-least-once) within this long of its first copy "
-        "is not counted twice; about 130 bytes of Redis per post (0: off).",
+        "is not counted twice, and an edit or a deletion within it can revise the post's counts; about "
+        "130 bytes of Redis per post, about 100 more while edits or deletions revise counts (0: off).",
+    )
+    revise_counts: bool = Field(
+        True,
+        description="An edit (within STREAMS__DEDUP_TTL_S) moves its post's counts to the new version: "
+        "the latest sentiment and terms are the ones reported. False: counts keep the first version.",
+    )
+    count_deleted: bool = Field(
+        True,
+        description="Counts keep deleted posts (aggregates name no one). False: a deletion within "
+        "STREAMS__DEDUP_TTL_S takes the post out of the counts (not out of distinct-author estimates).",
     )
     redis_retry_s: float = Field(
         120.0,

@@ -23,8 +23,46 @@ from schemas import DecodeError
 from schemas.views import EnrichedView
 from streams.buckets import RESOLUTIONS, RETENTION_S
 from streams.keys import SEP, Keys, shard_of
-from streams.terms import WATCHED, post_terms
+from streams.terms import KINDS, WATCHED, post_terms
 from streams.watermark import PartitionClock, advance, is_late
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What one version of a post counts towards: kept with its duplicate mark, so an edit can move the
+    post's counts to its new version and a deletion can take them out (``STREAMS__REVISE_COUNTS``,
+    ``STREAMS__COUNT_DELETED``). Authors are not in it: a distinct-author sketch cannot forget one."""
+
+    event_ms: int
+    label: str
+    platform: str
+    lang: str
+    terms: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, view: EnrichedView) -> Counted:
+        post = view.post
+        event_ms = int(post.created_at.timestamp() * 1000)
+        return cls(event_ms, view.sentiment.label, post.platform, post.lang, tuple(post_terms(view)))
+
+    def dumps(self) -> str:
+        """Compact JSON (a kind by its initial: h, e, b, k), kept for every post while revisions are on."""
+        flat = [x for kind, term in self.terms for x in (kind[0], term)]
+        return orjson.dumps([self.event_ms, self.label, self.platform, self.lang, flat]).decode()
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> Counted:
+        event_ms, label, platform, lang, flat = orjson.loads(text)
+        terms = tuple((_KIND_OF[k], t) for k, t in zip(flat[::2], flat[1::2], strict=True))
+        return cls(int(event_ms), label, platform, lang, terms)
+
+
+_KIND_OF = {kind[0]: kind for kind in KINDS}  # distinct initials: test_streams_aggregate checks it
+
+
+# An edit or a deletion as the counts see it: the version counted so far, and the one to count instead
+# (None: deleted). Set by ``RedisTrendStore.find_revisions`` before planning.
+Revision = tuple[Counted, Counted | None]
 
 
 @dataclass(slots=True)
@@ -39,6 +77,7 @@ class Record:
     view: EnrichedView | None = None
     error: DecodeError | None = None
     duplicate: bool = False  # a later copy of a post already counted (``RedisTrendStore.mark_duplicates``)
+    revision: Revision | None = None  # an edit or a deletion that changes the counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +125,7 @@ class Plan:
     # reached the stage): from the first missing offset on, nothing of them is planned; seek them
     # back to the offset given.
     gaps: dict[tuple[str, int], int] = field(default_factory=dict)
+    revised: int = 0  # edits and deletions whose counts were moved or taken out
 
 
 def part_field(topic: str, partition: int) -> str:
@@ -118,7 +158,7 @@ def plan_batch(
     clocks: dict[tuple[str, int], PartitionClock | None] = {}
     late: list[Record] = []
     dead: list[Record] = []
-    counted = skipped = duplicates = 0
+    counted = skipped = duplicates = revised = 0
     # Per partition: each shard's applied offset, the lowest of them, and the clock as of that point.
     held_by: dict[tuple[str, int], list[int]] = {}
     floor: dict[tuple[str, int], int] = {}
@@ -154,9 +194,17 @@ def plan_batch(
         if view is None:
             if record.value is not None:  # no value: a deletion (removed from samples after the write)
                 dead.append(record)
+            elif record.revision is not None:
+                revised += 1
+                _revise(record.revision, in_shard, acc, shards)
             continue
         if view.post.edited_at is not None:
-            continue  # an edit: counted when first posted; its samples are revised after the write
+            # An edit: counted when first posted (its samples are revised after the write); its counts
+            # move to the new version where the store found the one counted so far.
+            if record.revision is not None:
+                revised += 1
+                _revise(record.revision, in_shard, acc, shards)
+            continue
         if record.duplicate:
             duplicates += 1  # inference delivers at least once: the first copy was counted
             continue
@@ -177,7 +225,7 @@ def plan_batch(
             topic, _, partition = name.rpartition(":")
             clock = final.get((topic, int(partition)))
             write.parts[name] = (first, last, clock.max_event_ms if clock else 0, seen)
-    return Plan(writes, final, late, dead, counted, skipped, duplicates, gaps)
+    return Plan(writes, final, late, dead, counted, skipped, duplicates, gaps, revised)
 
 
 @dataclass(slots=True)
@@ -223,27 +271,18 @@ def _count(
 ) -> None:
     """One post into the fine-bucket accumulators of the shards that need it."""
     post = view.post
-    label = view.sentiment.label
-    platform, lang = post.platform, post.lang
-    bucket = (event_ms // 1000) // _FINE * _FINE
-    minute = (event_ms // 1000) // SAMPLE_BUCKET_S * SAMPLE_BUCKET_S
-    if in_shard[0] == 0:
-        acc[0].totals[(bucket, label, platform, lang)] += 1
     terms = post_terms(view)
+    _tally(view.sentiment.label, post.platform, post.lang, event_ms, terms, 1, in_shard, acc, shards)
+    minute = (event_ms // 1000) // SAMPLE_BUCKET_S * SAMPLE_BUCKET_S
+    bucket = (event_ms // 1000) // _FINE * _FINE
     for kind, term in terms:
+        if kind not in WATCHED:
+            continue
         shard = shard_of(kind, term, shards) if shards > 1 else 0
         if shard not in in_shard:
             continue
         a = acc[shard]
-        a.mix[(kind, term, bucket, label)] += 1
-        if kind not in WATCHED:
-            continue
-        a.watch[(kind, term, bucket, platform, lang)] += 1
         a.authors[(kind, term, bucket)].add(post.author.id)
-        co = a.co
-        for k, t in terms:
-            if t != term or k != kind:
-                co[(kind, term, bucket, k, t)] += 1
         held = a.samples[(kind, term, minute)]
         held[post.id] = (event_ms, view)
         if len(held) > 4 * sample_size:  # bounded while counting; the newest are chosen in _roll_up
@@ -251,6 +290,49 @@ def _count(
                 del held[stale]
     for s in in_shard:
         acc[s].posts += 1
+
+
+def _tally(
+    label: str,
+    platform: str,
+    lang: str,
+    event_ms: int,
+    terms: Sequence[tuple[str, str]],
+    sign: int,
+    in_shard: list[int],
+    acc: dict[int, _Acc],
+    shards: int,
+) -> None:
+    """A post's counts (totals, sentiment mix, watched platforms and languages, co-terms), added
+    (``sign`` 1) or taken out again (-1: an edit's previous version, a deleted post)."""
+    bucket = (event_ms // 1000) // _FINE * _FINE
+    if in_shard[0] == 0:
+        acc[0].totals[(bucket, label, platform, lang)] += sign
+    for kind, term in terms:
+        shard = shard_of(kind, term, shards) if shards > 1 else 0
+        if shard not in in_shard:
+            continue
+        a = acc[shard]
+        a.mix[(kind, term, bucket, label)] += sign
+        if kind not in WATCHED:
+            continue
+        a.watch[(kind, term, bucket, platform, lang)] += sign
+        co = a.co
+        for k, t in terms:
+            if t != term or k != kind:
+                co[(kind, term, bucket, k, t)] += sign
+
+
+def _revise(revision: Revision, in_shard: list[int], acc: dict[int, _Acc], shards: int) -> None:
+    """An edit or a deletion into the counts: the version counted so far out, the new one (if any) in."""
+    before, after = revision
+    _tally(
+        before.label, before.platform, before.lang, before.event_ms, before.terms, -1, in_shard, acc, shards
+    )
+    if after is not None:
+        _tally(
+            after.label, after.platform, after.lang, before.event_ms, after.terms, 1, in_shard, acc, shards
+        )
 
 
 class _KeyCache:

@@ -62,6 +62,8 @@ class BatchStats:
     edited: int = 0  # new versions of posts: samples and evidence show them, counts do not change
     duplicates: int = 0  # later copies of posts already counted (inference is at least once)
     gaps: tuple[tuple[str, int, int], ...] = ()  # (topic, partition, offset): records missing, seek back
+    revised: int = 0  # edits and deletions that moved or took out their post's counts
+    too_old: int = 0  # edits and deletions too old to revise counts (older than the finest buckets)
 
     def export(self) -> None:
         """Into this process's Prometheus metrics."""
@@ -78,6 +80,8 @@ class BatchStats:
             ("edited", self.edited),
             ("duplicate", self.duplicates),
             ("gap", len(self.gaps)),
+            ("revised", self.revised),
+            ("revision_too_old", self.too_old),
         ):
             if n:
                 metrics.MESSAGES.labels(STAGE, outcome).inc(n)
@@ -202,6 +206,7 @@ class BatchProcessor:
                 record.error = exc
         decoded = time.perf_counter()
         wall_ms = int(self.clock() * 1000)
+        too_old = self.store.too_old
         with self._lock:
             result = self._redis(
                 "apply batch", lambda: self.store.apply(records, wall_ms, before_write=self._dead_letters)
@@ -226,6 +231,8 @@ class BatchProcessor:
             edited=len(edited),
             duplicates=plan.duplicates,
             gaps=tuple((topic, partition, offset) for (topic, partition), offset in plan.gaps.items()),
+            revised=plan.revised,
+            too_old=self.store.too_old - too_old,
             decode_s=decoded - started,
             apply_s=time.perf_counter() - decoded,
         )

@@ -168,6 +168,10 @@ def rebuild(settings: Settings, *, since: str | None, wipe: bool, progress: bool
                 what="rebuild batch",
                 extra={"stage": STAGE},
             )
+            if result.plan.gaps:  # the consumer skipped records: never seen with assign(), but never silent
+                raise RebuildError(
+                    f"records missing from {topic} (partition: first missing) {result.plan.gaps}"
+                )
             # Deleted posts stay out of the rebuilt samples; edited ones show their latest text.
             deleted = sorted({r.key.decode(errors="replace") for r in records if r.value is None and r.key})
             edited = {r.view.post.id: sample_doc(r.view) for r in records if r.view and r.view.post.edited_at}

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import orjson
 import redis
 
-from streams.aggregate import Applied, Plan, Record, ShardWrite, part_field, plan_batch
+from streams.aggregate import Applied, Counted, Plan, Record, ShardWrite, part_field, plan_batch
+from streams.buckets import RESOLUTIONS, RETENTION_S
 from streams.keys import SEP, Keys
 from streams.watermark import PartitionClock
 
@@ -48,6 +49,22 @@ end
 for _, h in ipairs(w.h) do
   local key, f = h[1], h[2]
   for i = 1, #f, 2 do redis.call('HINCRBY', key, f[i], f[i + 1]) end
+end
+for _, z in ipairs(w.zd) do
+  local key, m = z[1], z[2]
+  for i = 1, #m, 2 do
+    if redis.call('ZSCORE', key, m[i]) then
+      if tonumber(redis.call('ZINCRBY', key, m[i + 1], m[i])) <= 0 then redis.call('ZREM', key, m[i]) end
+    end
+  end
+end
+for _, h in ipairs(w.hd) do
+  local key, f = h[1], h[2]
+  for i = 1, #f, 2 do
+    if redis.call('HEXISTS', key, f[i]) == 1 then
+      if redis.call('HINCRBY', key, f[i], f[i + 1]) <= 0 then redis.call('HDEL', key, f[i]) end
+    end
+  end
 end
 for _, a in ipairs(w.pf) do
   local key, els = a[1], a[2]
@@ -101,18 +118,62 @@ return removed
 
 
 # KEYS[1]: the partition's marks prefix (its slot). ARGV[1]: that prefix, ARGV[2]: the marks' TTL (s),
-# then (post digest, offset) pairs in consumption order. Each post not marked yet is marked with its
-# offset; returns the 1-based positions of the pairs whose post was first seen at another offset. A
-# replay finds its own offsets, so checking a batch again (a crash before its write) changes nothing.
+# then (post digest, mark) pairs in consumption order, a mark being the offset, optionally followed by
+# a space and what the post counted (``Counted.dumps``). Each post not marked yet is marked; returns
+# the 1-based positions of the pairs whose post was first seen at another offset. A replay finds its
+# own offsets, so checking a batch again (a crash before its write) changes nothing.
 DEDUP = """
 local dups = {}
 for i = 3, #ARGV, 2 do
-  local key, off = ARGV[1] .. ARGV[i], ARGV[i + 1]
-  if not redis.call('SET', key, off, 'NX', 'EX', ARGV[2]) then
-    if redis.call('GET', key) ~= off then dups[#dups + 1] = (i - 1) / 2 end
+  local key, mark = ARGV[1] .. ARGV[i], ARGV[i + 1]
+  if not redis.call('SET', key, mark, 'NX', 'EX', ARGV[2]) then
+    local held = redis.call('GET', key)
+    if held and string.match(held, '^%d+') ~= string.match(mark, '^%d+') then
+      dups[#dups + 1] = (i - 1) / 2
+    end
   end
 end
 return dups
+"""
+
+
+# KEYS[1]: the partition's marks prefix (its slot). ARGV[1]: that prefix, ARGV[2]: the TTL (s), then
+# (post digest, offset, edited ms or -1 for a deletion, what the new version counts or '') quadruples
+# in consumption order. A post's versions after its first are kept under ``<prefix>v:<digest>`` as a
+# JSON list of [offset, edited ms, counted]. For each, answers what the version before this offset
+# counted (the one to take out), or '' when nothing changes: the post is unknown (never seen, or its
+# mark expired), it was deleted before, or this edit is not newer than the one before. A replay
+# finds its own version and answers the same, so revising a batch again changes nothing.
+REVISE = """
+local out = {}
+for i = 3, #ARGV, 4 do
+  local digest, off, edited, counted = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local mark = redis.call('GET', ARGV[1] .. digest)
+  local answer = ''
+  if mark then
+    local first, first_counted = string.match(mark, '^(%d+) (.*)$')
+    if first and tonumber(first) < off then
+      local vkey = ARGV[1] .. 'v:' .. digest
+      local raw = redis.call('GET', vkey)
+      local versions = raw and cjson.decode(raw) or {}
+      local before = {tonumber(first), -1, first_counted}
+      local mine = false
+      for _, v in ipairs(versions) do
+        if v[1] < off and v[1] > before[1] then before = v end
+        if v[1] == off then mine = true end
+      end
+      if before[3] ~= '' and (edited < 0 or before[2] < edited) then
+        answer = before[3]
+        if not mine then
+          versions[#versions + 1] = {off, edited, counted}
+          redis.call('SET', vkey, cjson.encode(versions), 'EX', ARGV[2])
+        end
+      end
+    end
+  end
+  out[#out + 1] = answer
+end
+return out
 """
 
 
@@ -132,11 +193,26 @@ def _payload(write: ShardWrite, sample_size: int, sample_posts: str, sample_ttl_
             "spttl": sample_ttl_s,
             "sep": SEP,
             "parts": [[name, *v] for name, v in write.parts.items()],
+            # Increments; decrements (an edit's previous version, a deleted post) apply only where the
+            # member is still there (a bucket or a trimmed co-term may have gone) and remove what
+            # falls to zero.
             "z": [
-                [key, [x for m, n in members.items() for x in (m, n)]] for key, members in write.zincr.items()
+                [key, [x for m, n in members.items() if n > 0 for x in (m, n)]]
+                for key, members in write.zincr.items()
             ],
             "h": [
-                [key, [x for f, n in fields.items() for x in (f, n)]] for key, fields in write.hincr.items()
+                [key, [x for f, n in fields.items() if n > 0 for x in (f, n)]]
+                for key, fields in write.hincr.items()
+            ],
+            "zd": [
+                [key, [x for m, n in members.items() if n < 0 for x in (m, n)]]
+                for key, members in write.zincr.items()
+                if any(n < 0 for n in members.values())
+            ],
+            "hd": [
+                [key, [x for f, n in fields.items() if n < 0 for x in (f, n)]]
+                for key, fields in write.hincr.items()
+                if any(n < 0 for n in fields.values())
             ],
             "pf": [[key, sorted(els)] for key, els in write.pfadd.items()],
             "s": [
@@ -178,6 +254,8 @@ class RedisTrendStore:
             sample_size=cfg.sample_size,
             sample_ttl_s=cfg.sample_ttl_s,
             dedup_ttl_s=cfg.dedup_ttl_s,
+            revise_counts=cfg.revise_counts,
+            count_deleted=cfg.count_deleted,
         )
 
     def __init__(
@@ -189,9 +267,15 @@ class RedisTrendStore:
         sample_size: int,
         sample_ttl_s: int,
         dedup_ttl_s: int = 3600,
+        revise_counts: bool = True,
+        count_deleted: bool = True,
     ) -> None:
         self.client = client
         self.dedup_ttl_s = dedup_ttl_s
+        # Edits move counts / deletions take them out: both need what each post counted, in its mark.
+        self.revise_counts = revise_counts and dedup_ttl_s > 0
+        self.uncount_deleted = not count_deleted and dedup_ttl_s > 0
+        self.too_old = 0  # edits and deletions older than the finest buckets: counts left as they are
         self.keys = keys
         self.lateness_ms = lateness_ms
         self.sample_size = sample_size
@@ -202,6 +286,7 @@ class RedisTrendStore:
         self._apply = client.register_script(APPLY)
         self._forget = client.register_script(FORGET)
         self._dedup = client.register_script(DEDUP)
+        self._revise = client.register_script(REVISE)
 
     def load(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
         """Read the shards' applied offsets for ``partitions``; the offset to resume each from (the
@@ -283,6 +368,7 @@ class RedisTrendStore:
         conflicts = 0
         tps = {(r.topic, r.partition) for r in records}
         self.mark_duplicates(records)
+        self.find_revisions(records, wall_ms)
         while True:
             plan = self.plan(records, wall_ms)
             if before_write is not None:
@@ -312,29 +398,88 @@ class RedisTrendStore:
         """
         if self.dedup_ttl_s <= 0:
             return 0
-        by_partition: dict[int, list[Record]] = defaultdict(list)
-        floors: dict[tuple[str, int], int] = {}
-        for record in records:
-            view = record.view
-            if view is None or view.post.edited_at is not None:
-                continue
-            tp = (record.topic, record.partition)
-            if tp not in floors:
-                shards = [shard.get(tp) for shard in self.applied.values()]
-                floors[tp] = min(-1 if h is None else h.offset for h in shards)
-            if record.offset > floors[tp]:
-                by_partition[record.partition].append(record)
+        by_partition = self._unapplied(
+            records, lambda r: r.view is not None and r.view.post.edited_at is None
+        )
         if not by_partition:
             return 0
         pipe = self.client.pipeline(transaction=False)
         for partition, checked in by_partition.items():
             prefix = self.keys.post_marks(partition)
-            pairs = [x for r in checked if r.view for x in (post_digest(r.view.post.id), str(r.offset))]
+            pairs = [x for r in checked if r.view for x in (post_digest(r.view.post.id), self._mark(r))]
             self._dedup(keys=[prefix], args=[prefix, self.dedup_ttl_s, *pairs], client=pipe)
         found = 0
         for checked, positions in zip(by_partition.values(), pipe.execute(), strict=True):
             for position in positions:
                 checked[int(position) - 1].duplicate = True
+                found += 1
+        return found
+
+    def _mark(self, record: Record) -> str:
+        """A post's duplicate mark: its offset, and what it counted where edits or deletions revise counts."""
+        if (self.revise_counts or self.uncount_deleted) and record.view is not None:
+            return f"{record.offset} {Counted.of(record.view).dumps()}"
+        return str(record.offset)
+
+    def _unapplied(
+        self, records: Sequence[Record], wanted: Callable[[Record], bool]
+    ) -> dict[int, list[Record]]:
+        """``records`` that ``wanted`` picks and some shard has not applied yet, by partition."""
+        by_partition: dict[int, list[Record]] = defaultdict(list)
+        floors: dict[tuple[str, int], int] = {}
+        for record in records:
+            if not wanted(record):
+                continue
+            tp = (record.topic, record.partition)
+            if tp not in floors:
+                floors[tp] = min(
+                    -1 if h is None else h.offset for h in (s.get(tp) for s in self.applied.values())
+                )
+            if record.offset > floors[tp]:
+                by_partition[record.partition].append(record)
+        return by_partition
+
+    def find_revisions(self, records: Sequence[Record], wall_ms: int) -> int:
+        """Set ``revision`` on the edits (``revise_counts``) and deletions (unless ``count_deleted``)
+        that change counts: what the post counted so far, from its mark and versions. An edit or a
+        deletion of a post not seen within ``dedup_ttl_s``, or older than the finest buckets keep,
+        leaves the counts as they are. One Lua call per partition, pipelined; how many were found."""
+        if not (self.revise_counts or self.uncount_deleted):
+            return 0
+
+        def wanted(r: Record) -> bool:
+            if r.view is not None:
+                return self.revise_counts and r.view.post.edited_at is not None
+            return self.uncount_deleted and r.value is None and r.key is not None
+
+        by_partition = self._unapplied(records, wanted)
+        if not by_partition:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for partition, checked in by_partition.items():
+            prefix = self.keys.post_marks(partition)
+            args: list[str | int] = [prefix, self.dedup_ttl_s]
+            for r in checked:
+                if r.view is not None:
+                    edited = r.view.post.edited_at
+                    assert edited is not None
+                    args += [post_digest(r.view.post.id), r.offset, int(edited.timestamp() * 1000),
+                             Counted.of(r.view).dumps()]  # fmt: skip
+                else:
+                    assert r.key is not None
+                    args += [post_digest(r.key.decode(errors="replace")), r.offset, -1, ""]
+            self._revise(keys=[prefix], args=args, client=pipe)
+        oldest_ms = wall_ms - (RETENTION_S[RESOLUTIONS[0]] - 600) * 1000
+        found = 0
+        for checked, answers in zip(by_partition.values(), pipe.execute(), strict=True):
+            for record, answer in zip(checked, answers, strict=True):
+                if not answer:
+                    continue
+                before = Counted.loads(answer)
+                if before.event_ms < oldest_ms:
+                    self.too_old += 1
+                    continue
+                record.revision = (before, Counted.of(record.view) if record.view is not None else None)
                 found += 1
         return found
 

@@ -5,7 +5,8 @@ Local servers speak Jetstream's WebSocket and Mastodon's streaming API; the real
 from the store. Posts about a watched brand show up in the API's recent posts; then each server
 sends the deletion in its platform's own shape (a delete commit with the DID and rkey, no record; a
 `delete` event whose payload is the status id alone), and the posts' texts must leave every answer;
-then a `status.update` edits a status: its new text replaces the old, and the count stays.
+then a `status.update` edits a status: its new text replaces the old, the count stays and the
+sentiment counts follow the new version.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Jetstream(Platform):
 
 class Mastodon(Platform):
     TEXTS = tuple(f"Acme fixed my order today, great service (masto {i})" for i in range(3))
-    EDITED = "Acme fixed my order today and refunded the shipping, great service (masto 1, edited)"
+    EDITED = "Acme lost my order again and never refunded it, terrible service, avoid (masto 1, edited)"
 
     def __init__(self) -> None:
         super().__init__()
@@ -164,11 +165,15 @@ def test_deletions_take_posts_out_of_every_api_answer_and_an_edit_replaces_the_t
             masto.delete.set()
             until("the deleted posts gone", lambda: not any(t in answers(api) for t in deleted))
             assert all(t in answers(api) for t in kept)  # only those two
-            mentions = api.get("/v1/brands/Acme?window=1h").json()["mentions"]
+            before = api.get("/v1/brands/Acme?window=1h").json()
             masto.edit.set()  # an edit: the post shows its new text, and is not counted again
             until("the edit shown", lambda: Mastodon.EDITED in answers(api))
             assert Mastodon.TEXTS[1] not in answers(api)
-            assert api.get("/v1/brands/Acme?window=1h").json()["mentions"] == mentions == 6
+            after = api.get("/v1/brands/Acme?window=1h").json()
+            assert after["mentions"] == before["mentions"] == 6
+            # ... and its latest sentiment is the one reported: praise edited into a complaint.
+            assert after["sentiment"]["negative"] == before["sentiment"]["negative"] + 1
+            assert after["sentiment"]["positive"] == before["sentiment"]["positive"] - 1
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)

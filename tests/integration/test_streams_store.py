@@ -13,7 +13,7 @@ from pulse.settings import Settings
 from schemas import Sentiment, WatchMatch, encode
 from schemas.views import read_enriched
 from streams.aggregate import Record
-from streams.keys import Keys
+from streams.keys import SEP, Keys
 from streams.read import TrendReader
 from streams.store import RedisTrendStore
 from tests.factories import enriched_factory, post_factory
@@ -232,3 +232,99 @@ def test_a_partition_sought_past_aged_out_records_may_start_there(settings: Sett
     fresh.sought({(TOPIC, 1): 0})
     assert fresh.apply(other[5:], wall_ms=4).plan.gaps == {(TOPIC, 1): 0}
     assert fresh.apply(other, wall_ms=5).plan.counted == 20
+
+
+def version(
+    post_id: str, label: str, created: datetime, edited: datetime | None, tags: tuple[str, ...]
+) -> bytes:
+    post = post_factory(id=post_id, created_at=created, edited_at=edited, hashtags=tags, platform="mastodon")
+    return encode(
+        enriched_factory(
+            post,
+            sentiment=Sentiment(label=label, scores={label: 0.9}),
+            entities=(),
+            matches=(WatchMatch(term="Acme", kind="brand", text="Acme", start=0, end=4),),
+        )
+    )
+
+
+def revision_stream(start: datetime) -> list[Record]:
+    """Post a (negative, #outage) and b; a is edited to positive #fixed, that edit is delivered twice,
+    an older edit of a arrives late, and b is deleted."""
+    values = [
+        (0, version("m:a", "negative", start, None, ("outage",)), b"m:a"),
+        (1, version("m:b", "negative", start, None, ("outage",)), b"m:b"),
+        (2, version("m:a", "positive", start, start + timedelta(seconds=20), ("fixed",)), b"m:a"),
+        (3, version("m:a", "positive", start, start + timedelta(seconds=20), ("fixed",)), b"m:a"),
+        (4, version("m:a", "negative", start, start + timedelta(seconds=10), ("outage",)), b"m:a"),
+        (5, None, b"m:b"),
+    ]
+    return [
+        Record(TOPIC, 0, o, v, key=k, view=read_enriched(v) if v is not None else None) for o, v, k in values
+    ]
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_an_edit_moves_its_posts_counts_to_the_new_version_once(settings: Settings, shards: int) -> None:
+    """#17: the latest sentiment is the one reported, the post counted once; the same edit twice, an
+    older edit after a newer one, and a replay of it all change nothing. Counts keep the deleted post."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    stream = revision_stream(start)
+    store, reader = stores(settings, shards)
+    store.load([(TOPIC, 0)])
+    store.apply(stream[:2], wall_ms=1)
+    window = reader.window(3600)
+    assert reader.sentiment("brand", ["Acme"], window)["Acme"] == {"negative": 2, "neutral": 0, "positive": 0}
+    result = store.apply(stream[2:], wall_ms=2)
+    assert result.plan.revised == 1
+    assert reader.sentiment("brand", ["Acme"], window)["Acme"] == {"negative": 1, "neutral": 0, "positive": 1}
+    assert dict(reader.top("hashtag", window, 10)) == {"outage": 1, "fixed": 1}  # b's #outage stays
+    totals = reader.totals(window)
+    assert (totals["n"], totals[f"s{SEP}positive"], totals[f"s{SEP}negative"]) == (2, 1, 1)
+    again, _ = stores(settings, shards)  # a crash before the offsets were stored: all of it again
+    again.load([(TOPIC, 0)])
+    for record in stream:
+        record.revision = None
+    replay = again.apply(stream, wall_ms=3)
+    assert replay.plan.counted == 0 and replay.plan.revised == 0
+    assert reader.sentiment("brand", ["Acme"], window)["Acme"] == {"negative": 1, "neutral": 0, "positive": 1}
+
+
+def test_a_crash_between_finding_a_revision_and_writing_it_revises_once(settings: Settings) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    stream = revision_stream(start)
+    store, reader = stores(settings, shards=1)
+    store.load([(TOPIC, 0)])
+    store.apply(stream[:2], wall_ms=1)
+    store.mark_duplicates(stream[2:])
+    assert store.find_revisions(stream[2:], wall_ms=2) == 1  # found; the write never happened
+    for record in stream:
+        record.revision, record.duplicate = None, False
+    assert store.apply(stream[2:], wall_ms=3).plan.revised == 1
+    assert reader.sentiment("brand", ["Acme"], reader.window(3600))["Acme"]["positive"] == 1
+
+
+@pytest.mark.parametrize(("revise", "keep_deleted"), [(False, True), (True, False)])
+def test_what_edits_and_deletions_do_to_counts_is_a_setting(
+    settings: Settings, revise: bool, keep_deleted: bool
+) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    client = redis_client.client(settings)
+    keys = Keys(settings.redis.key_prefix, shards=2)
+    store = RedisTrendStore(
+        client, keys, lateness_ms=30_000, sample_size=5, sample_ttl_s=600,
+        revise_counts=revise, count_deleted=keep_deleted,
+    )  # fmt: skip
+    reader = TrendReader(client, keys)
+    store.load([(TOPIC, 0)])
+    store.apply(revision_stream(start), wall_ms=1)
+    window = reader.window(3600)
+    mix = reader.sentiment("brand", ["Acme"], window)["Acme"]
+    if revise:  # a edited to positive; b deleted and taken out of the counts
+        assert mix == {"negative": 0, "neutral": 0, "positive": 1}
+        assert reader.totals(window)["n"] == 1
+        assert dict(reader.top("hashtag", window, 10)) == {"fixed": 1}
+    else:  # counts keep a's first version and the deleted b
+        assert mix == {"negative": 2, "neutral": 0, "positive": 0}
+        assert reader.totals(window)["n"] == 2
+        assert dict(reader.top("hashtag", window, 10)) == {"outage": 2}

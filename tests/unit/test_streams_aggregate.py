@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from schemas import DecodeError, Entity, Sentiment, WatchMatch, encode
 from schemas.views import read_enriched
-from streams.aggregate import Applied, Record, plan_batch
+from streams.aggregate import Applied, Counted, Record, plan_batch
 from streams.keys import SEP, Keys, shard_of
-from streams.terms import post_terms
+from streams.terms import KINDS, post_terms
 from streams.watermark import PartitionClock
 from tests.factories import T0, enriched_factory, post_factory
 
@@ -138,3 +138,9 @@ def test_an_edit_advances_its_offset_but_is_not_counted_again() -> None:
     assert p.counted == 1 and not p.late and not p.dead
     assert p.writes[0].parts["posts.enriched:0"][:2] == (0, 1)
     assert read_enriched(value).post.edited_at == T0 + timedelta(minutes=5)
+
+
+def test_what_a_post_counted_survives_its_compact_form_for_every_kind() -> None:
+    counted = Counted(1_700_000_000_123, "positive", "mastodon", "de", tuple((k, f"t {k}") for k in KINDS))
+    assert Counted.loads(counted.dumps()) == counted
+    assert len({k[0] for k in KINDS}) == len(KINDS)  # a kind is stored by its initial
