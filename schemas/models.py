@@ -292,6 +292,11 @@ class DeadLetter(_Message):
         default=None, description="Hex sha256 of the whole original (set when truncated)."
     )
     key: WireBytes | None = Field(default=None, description="The original Kafka key, base64-encoded.")
+    sealed: bool = Field(
+        default=False,
+        description="original is sealed (ingest with PRIVACY__PSEUDONYMIZE_AUTHORS: AES-256-GCM under a "
+        "key derived from PRIVACY__HMAC_KEY; 'pulse dead-letters --unseal' opens it).",
+    )
     topic: str | None = None
     partition: Annotated[int, Field(ge=0)] | None = None
     offset: Annotated[int, Field(ge=0)] | None = None

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pulse import redis_client
 from pulse.settings import Settings
-from schemas import Author, EnrichedPost, decode, encode
+from schemas import Author, DeadLetter, EnrichedPost, decode, encode
 from streams.keys import Keys
 from streams.read import TrendReader
 from tests.factories import post_factory
@@ -52,8 +53,15 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
         )
         for i in range(30)
     ]
+    # Records ingest cannot read, holding who wrote them: they go to the dead-letter topic, and must
+    # not carry the author there either (sealed), yet still open with the key.
+    bad = [
+        b'{"id": "bluesky:at://did:plc:writer9/app.bsky.feed.post/perma99", "platform": "bluesky", '
+        b'"author": {"id": "did:plc:writer9", "handle": "writer-handle9"}, "text": ["not", "text"]}',
+        b'{"id": "x", "author": {"handle": "writer-handle8"}, "text": "mail writer@example.org',  # cut short
+    ]
     source = tmp_path / "posts.jsonl"
-    source.write_bytes(b"".join(encode(p) + b"\n" for p in posts))
+    source.write_bytes(b"".join(encode(p) + b"\n" for p in posts) + b"\n".join(bad) + b"\n")
     env = stage_env(
         settings,
         PRIVACY__PSEUDONYMIZE_AUTHORS="true",
@@ -74,6 +82,7 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
         timeout=120,
     )
     assert ingest.returncode == 0, ingest.stderr
+    assert "dead_letters=2" in ingest.stderr or '"dead_letters": 2' in ingest.stderr, ingest.stderr
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("infer", "streams")}
     stages = [
         subprocess.Popen([*PULSE, name], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -104,6 +113,8 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
     for topic in settings.topics.by_role().values():
         for key, value in read_topic(settings, topic, expect=0, timeout=5, to_end=True):
             seen += [key or b"", value]
+            if topic == settings.topics.dlq:  # the original is base64 on the wire: search it as bytes
+                seen.append(decode(value, DeadLetter).original)
     with redis_client.client(settings) as client:
         for key in client.scan_iter(match=f"{settings.redis.key_prefix}:*", count=1000):
             seen.append(key)
@@ -120,6 +131,25 @@ def test_no_author_identity_or_redacted_data_reaches_any_topic_or_redis(
     assert "Acme support fixed it" in blob  # the search does see the stored texts
     for private in PRIVATE:
         assert private not in blob, f"{private!r} reached a topic or Redis"
+    # The dead letters are not lost: the key opens them.
+    opened = subprocess.run(
+        [*PULSE, "dead-letters", "--unseal"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert opened.returncode == 0, opened.stderr
+    every = [orjson.loads(line) for line in opened.stdout.splitlines()]
+    assert sorted(d["original"].encode() for d in every) == sorted(bad)
+    newest = subprocess.run(
+        [*PULSE, "dead-letters", "--unseal", "--last", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert [orjson.loads(line) for line in newest.stdout.splitlines()] == [
+        max(every, key=lambda d: d["failed_at"])
+    ]
+    sealed = subprocess.run([*PULSE, "dead-letters"], env=env, capture_output=True, text=True, timeout=60)
+    assert sealed.returncode == 0 and "writer" not in sealed.stdout and "original_sealed" in sealed.stdout
 
 
 def _samples(settings: Settings) -> bool:

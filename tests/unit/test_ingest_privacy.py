@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pulse.kafka import DEAD_LETTER_ORIGINAL_BYTES, dead_letter
 from pulse.settings import load
-from workers.ingest.privacy import Privacy, Pseudonymizer, Redactor, luhn_ok
+from workers.ingest.privacy import Privacy, Pseudonymizer, Redactor, Sealer, SealError, luhn_ok
 
 
 def redact(text: str, *kinds: str) -> str:
@@ -81,3 +82,30 @@ def test_privacy_settings_refuse_an_unknown_kind_and_pseudonyms_without_a_key() 
     with pytest.raises(ValueError, match="needs PRIVACY__HMAC_KEY"):
         load(privacy={"pseudonymize_authors": True})
     assert not Privacy.from_settings(load().privacy).active
+
+
+def test_with_pseudonymisation_a_dead_letters_original_is_sealed_and_opens_with_the_key_only() -> None:
+    original = b'{"id": "bluesky:at://did:plc:writer/p/1", "author": {"handle": "writer-handle"}, "text": 3}'
+    privacy = Privacy(Pseudonymizer(b"k" * 32), None, Sealer(b"k" * 32))
+    sealed = privacy.dead_letter(dead_letter("ingest", "validation", "field 'text': bad", original))
+    assert sealed.sealed and b"writer" not in sealed.original and sealed.original_sha256 is None
+    assert Sealer(b"k" * 32).open(sealed.original) == original
+    with pytest.raises(SealError):
+        Sealer(b"another key").open(sealed.original)
+    assert privacy.dead_letter(sealed) == sealed  # sealed once
+    # Too big for a record: cut first, then sealed, so what is kept still opens.
+    huge = privacy.dead_letter(dead_letter("ingest", "decode", "too long", b"writer-handle " * 40_000))
+    assert huge.truncated and huge.original_bytes == 14 * 40_000
+    assert len(huge.original) <= DEAD_LETTER_ORIGINAL_BYTES
+    assert Sealer(b"k" * 32).open(huge.original).startswith(b"writer-handle ")
+
+
+def test_with_redaction_alone_a_dead_letters_original_is_redacted_and_other_bytes_stay() -> None:
+    privacy = Privacy(None, Redactor(["email"]))
+    original = b'{"text": "mail me at writer@example.org \xff\xfe", "x": 1'
+    letter = privacy.dead_letter(dead_letter("ingest", "decode", "not valid JSON", original))
+    assert not letter.sealed
+    assert letter.original == original.replace(b"writer@example.org", b"[email]")
+    off = Privacy(None, None)
+    untouched = dead_letter("ingest", "decode", "not valid JSON", original)
+    assert off.dead_letter(untouched) is untouched

@@ -49,6 +49,17 @@ def _common(parser: argparse.ArgumentParser, mapping: bool = True, metrics_port:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    dead = subparsers.add_parser(
+        "dead-letters", help="print the dead letters on posts.dlq as JSON Lines (sealed originals on request)"
+    )
+    dead.add_argument(
+        "--unseal",
+        action="store_true",
+        help="open sealed originals with PRIVACY__HMAC_KEY (ingest with pseudonymisation)",
+    )
+    dead.add_argument("--last", type=_positive(int), default=None, help="only the newest N")
+    dead.set_defaults(handler=_dead_letters)
+
     ingest = subparsers.add_parser("ingest", help="publish posts from a source to posts.raw")
     sources = ingest.add_subparsers(dest="source", metavar="SOURCE", required=True)
 
@@ -160,6 +171,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(masto, mapping=False)
     masto.set_defaults(handler=_mastodon)
+
+
+def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.ingest import deadletters
+
+    return deadletters.run(settings, unseal=args.unseal, last=args.last)
 
 
 def _mapping(args: argparse.Namespace, csv: bool) -> Any:

@@ -15,6 +15,10 @@ does, and what stays, is in docs/privacy.md.
   placeholder such as ``[email]``. NER runs on the redacted text, so entity offsets refer to it; the
   placeholders are lower-case words in brackets, which the entity model does not read as names. Links
   in ``urls`` that held any of these are dropped.
+- **Dead letters**: a record ingest cannot read cannot have its author pseudonymised, so with
+  pseudonymisation on the original bytes of ingest's dead letters are sealed (AES-256-GCM under a key
+  derived from ``PRIVACY__HMAC_KEY``; ``pulse dead-letters --unseal`` opens them); with redaction
+  alone the redactor runs over the original's text (bytes that are not UTF-8 kept as they are).
 """
 
 from __future__ import annotations
@@ -22,10 +26,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pulse.kafka import DEAD_LETTER_ORIGINAL_BYTES, fitted
+from schemas import DeadLetter
 from schemas.models import MAX_TEXT_LENGTH, PLATFORM_PATTERN
 
 _PLATFORM = re.compile(PLATFORM_PATTERN)
@@ -145,13 +155,47 @@ class Pseudonymizer:
         return f"{prefix}anon-{self.digest('post', post_id)}"
 
 
+_SEAL_CONTEXT = b"pulse dead-letter seal v1"
+_NONCE = 12
+SEAL_OVERHEAD = _NONCE + 16  # nonce and GCM tag
+
+
+class SealError(ValueError):
+    """A sealed original could not be opened: another key, or the bytes were changed."""
+
+
+class Sealer:
+    """Seals bytes with AES-256-GCM (``cryptography``, the maintained binding of OpenSSL) under a key
+    derived from the HMAC key: only a holder of ``PRIVACY__HMAC_KEY`` can open a sealed dead letter."""
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("a sealing key must not be empty")
+        self._aead = AESGCM(hmac.new(key, _SEAL_CONTEXT, hashlib.sha256).digest())
+
+    def seal(self, data: bytes) -> bytes:
+        nonce = os.urandom(_NONCE)
+        return nonce + self._aead.encrypt(nonce, data, _SEAL_CONTEXT)
+
+    def open(self, sealed: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _SEAL_CONTEXT)
+        except InvalidTag:
+            raise SealError(
+                "cannot open a sealed original: another PRIVACY__HMAC_KEY, or changed bytes"
+            ) from None
+
+
 class Privacy:
     """Applies the ``PRIVACY__*`` settings to built wire documents (``apply``); ``active`` is False when
     every setting is off, and then ingest does not touch the documents at all."""
 
-    def __init__(self, pseudonymizer: Pseudonymizer | None, redactor: Redactor | None) -> None:
+    def __init__(
+        self, pseudonymizer: Pseudonymizer | None, redactor: Redactor | None, sealer: Sealer | None = None
+    ) -> None:
         self.pseudonymizer = pseudonymizer
         self.redactor = redactor if redactor else None
+        self.sealer = sealer
         self.redacted: dict[str, int] = {}  # matches replaced so far, per kind (for the metrics)
 
     @classmethod
@@ -160,6 +204,7 @@ class Privacy:
         return cls(
             Pseudonymizer(key) if privacy.pseudonymize_authors else None,
             Redactor(privacy.redact, privacy.phone_region) if privacy.redact else None,
+            Sealer(key) if privacy.pseudonymize_authors else None,
         )
 
     @property
@@ -169,6 +214,26 @@ class Privacy:
     def deleted_id(self, post_id: str) -> str:
         """The id a deletion of ``post_id`` is published under: the id the post itself was given."""
         return self.pseudonymizer.post_id(post_id) if self.pseudonymizer is not None else post_id
+
+    def dead_letter(self, letter: DeadLetter) -> DeadLetter:
+        """``letter`` as ingest may publish it: its original sealed (pseudonymisation on) or redacted
+        (redaction alone); unchanged when every setting is off. A sealed original is cut to fit first,
+        so what is sealed can always be opened; its sha256 is left out (it would confirm a guess)."""
+        if self.sealer is not None and not letter.sealed:
+            original = letter.original
+            update: dict[str, Any] = {"sealed": True, "original_sha256": None}
+            room = DEAD_LETTER_ORIGINAL_BYTES - SEAL_OVERHEAD
+            if len(original) > room:
+                update |= {"truncated": True, "original_bytes": letter.original_bytes or len(original)}
+                original = original[:room]
+            update["original"] = self.sealer.seal(original)
+            return fitted(letter.model_copy(update=update))
+        if self.redactor is not None:
+            text = letter.original.decode("utf-8", "surrogateescape")
+            redacted, found = self.redactor.redact(text)
+            if found:
+                return letter.model_copy(update={"original": redacted.encode("utf-8", "surrogateescape")})
+        return letter
 
     def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
         """``doc`` (a built RawPost document) with the settings applied, changed in place."""

@@ -15,6 +15,7 @@ from pulse import kafka, metrics
 from pulse.settings import Settings
 from schemas import DeadLetter
 from workers.ingest.pipeline import STAGE, Post
+from workers.ingest.privacy import Privacy
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Publisher:
         self.topic = settings.topics.raw
         self.dlq = settings.topics.dlq
         self.success_reports = success_reports
+        self.privacy = Privacy.from_settings(settings.privacy)
         ingest = settings.ingest
         self.producer = producer or kafka.producer(
             settings,
@@ -240,6 +242,7 @@ class Publisher:
 
     def dead_letter(self, letter: DeadLetter, on_delivery: DeliveryCallback | None = None) -> None:
         self.dead_lettered += 1
+        letter = self.privacy.dead_letter(letter)  # sealed or redacted when PRIVACY__* say so
         kafka.publish_dead_letter(self.producer, self.dlq, letter, on_delivery, while_full=self.check)
 
     def poll(self, timeout: float = 0) -> None:
