@@ -83,10 +83,33 @@ def producer(
             # overhead (infra/topics.yaml), so what a producer accepts a broker accepts.
             "message.max.bytes": MAX_RECORD_BYTES,
             "error_cb": _error_logger(stage, on_fatal),
+            "logger": _ClientLog(stage),
             **overrides,
         }
     )
     return Producer(conf)
+
+
+class _ClientLog:
+    """librdkafka's own log lines through Python logging (the stage's format and level), at most 10 per
+    10 s per facility: a broker that is away for a minute makes librdkafka log every reconnect
+    attempt of every connection (`FAIL ... Connection refused`), hundreds of lines that say one thing.
+    The next line logged of a facility carries ``not_logged_before``. confluent-kafka hands them over
+    on ``poll``/``flush``/``consume``, as (facility, client name, message)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self._throttles: dict[str, LogThrottle] = {}
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        facility = str(args[0]) if args else ""
+        throttle = self._throttles.setdefault(facility, LogThrottle())
+        allowed, left_out = throttle.allow()
+        if allowed:
+            extra: dict[str, object] = {"stage": self.stage}
+            if left_out:
+                extra["not_logged_before"] = left_out
+            log.log(level, "librdkafka: " + fmt, *args, extra=extra)
 
 
 class _ProbeLog:
@@ -127,6 +150,7 @@ def consumer(settings: Settings, stage: str, group_id: str, **overrides: Any) ->
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "error_cb": _error_logger(stage),
+            "logger": _ClientLog(stage),
             **overrides,
         }
     )
@@ -153,13 +177,24 @@ def rest(consumer: Consumer, wait: Callable[[float], object], seconds: float) ->
 def _error_logger(
     stage: str, on_fatal: Callable[[KafkaError], None] | None = None
 ) -> Callable[[KafkaError], None]:
+    throttles: dict[str, LogThrottle] = {}
+
     def on_error(err: KafkaError) -> None:
-        # librdkafka retries transient errors itself; a fatal one (an idempotent producer whose sequence
-        # the broker lost, say) leaves the client unusable: ``on_fatal`` makes the stage end non-zero.
-        level = logging.ERROR if err.fatal() else logging.WARNING
-        log.log(level, "kafka client error", extra={"stage": stage, "error": err.str(), "code": err.name()})
-        if err.fatal() and on_fatal is not None:
-            on_fatal(err)
+        # librdkafka retries transient errors itself (logged at most 10 per 10 s per code: a broker
+        # away reports every failed reconnect); a fatal one (an idempotent producer whose sequence
+        # the broker lost, say) is always logged and leaves the client unusable: ``on_fatal`` makes
+        # the stage end non-zero.
+        extra: dict[str, object] = {"stage": stage, "error": err.str(), "code": err.name()}
+        if err.fatal():
+            log.error("kafka client error", extra=extra)
+            if on_fatal is not None:
+                on_fatal(err)
+            return
+        allowed, left_out = throttles.setdefault(err.name(), LogThrottle()).allow()
+        if allowed:
+            log.warning(
+                "kafka client error", extra=extra | ({"not_logged_before": left_out} if left_out else {})
+            )
 
     return on_error
 

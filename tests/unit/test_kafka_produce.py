@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import pytest
 
 from pulse import kafka
 from pulse.kafka import QueueFullTimeout, produce
+from pulse.settings import load
+from tests.harness import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -87,3 +91,26 @@ def test_rest_pauses_the_assignment_for_the_wait_and_resumes_it_even_if_the_wait
     idle = _Assigned([])
     kafka.rest(idle, waits.append, 0.5)  # type: ignore[arg-type]
     assert idle.calls == [] and waits[-1] == 0.5  # nothing assigned yet: only the wait
+
+
+def test_a_broker_that_is_away_is_a_few_log_lines_not_one_per_reconnect(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """CI found `pulse ingest generator` writing 300 `Connect ... failed` lines while the broker was
+    restarted: librdkafka logs every reconnect attempt of every connection straight to stderr."""
+    monkeypatch.setenv("KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")  # nothing listens
+    settings = load()
+    producer = kafka.producer(
+        settings, "test", **{"reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 20}
+    )
+    producer.produce("t", b"v")
+    deadline = time.monotonic() + 3  # ~150 attempts at this backoff
+    with caplog.at_level(logging.INFO, logger="pulse.kafka"):
+        while time.monotonic() < deadline:
+            producer.poll(0.1)
+    fails = [r for r in caplog.records if r.getMessage().startswith("librdkafka: FAIL")]
+    assert 1 <= len(fails) <= 10, [r.getMessage() for r in caplog.records][:20]
+    assert len(caplog.records) <= 30  # librdkafka's lines and its error reports, each kind throttled
+    assert "Connection refused" not in capfd.readouterr().err  # nothing straight to stderr
+    producer.purge()
+    producer.flush(0)
