@@ -51,17 +51,21 @@ class Publisher:
         self.success_reports = success_reports
         self.privacy = Privacy.from_settings(settings.privacy)
         ingest = settings.ingest
-        self.producer = producer or kafka.producer(
-            settings,
-            STAGE,
-            on_fatal=self._fatal,
-            **{
-                "queue.buffering.max.messages": ingest.queue_max_messages,
-                "batch.num.messages": ingest.batch_num_messages,
-                "on_delivery": self._delivered,
-                # handled inside confluent-kafka's own callback trampoline (successes skip Python)
-                "delivery.report.only.error": not success_reports,
-            },
+        self.producer = (
+            producer
+            if producer is not None
+            else kafka.producer(
+                settings,
+                STAGE,
+                on_fatal=self._fatal,
+                **{
+                    "queue.buffering.max.messages": ingest.queue_max_messages,
+                    "batch.num.messages": ingest.batch_num_messages,
+                    "on_delivery": self._delivered,
+                    # handled inside confluent-kafka's own callback trampoline (successes skip Python)
+                    "delivery.report.only.error": not success_reports,
+                },
+            )
         )
         self.error: KafkaError | None = None
         self._acked = 0  # with success reports: acknowledged raw-topic records
@@ -102,6 +106,24 @@ class Publisher:
     def fatal(self) -> bool:
         """The producer hit a fatal error (the broker lost its idempotence state, say): unusable."""
         return self._fatal_error is not None or (self.error is not None and self.error.fatal())
+
+    def fatal_cause(self, wait_s: float = 2.0) -> str | None:
+        """Why the producer is in a fatal state. librdkafka queues the reason from its broker thread
+        after setting the state, so the call that failed may only say "Local: Fatal error": the queue is
+        served for up to ``wait_s`` until the reason comes, through the error callback or (what
+        confluent-kafka does with a fatal error) raised from ``poll``."""
+        deadline = time.monotonic() + wait_s
+        while self._fatal_error is None and "producer" in self.__dict__:
+            try:
+                self.producer.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is not None and err.fatal() and err.code() != KafkaError._FATAL:
+                    self._fatal(err)
+            if time.monotonic() >= deadline:
+                break
+        err = self._fatal_error
+        return f"{err.name()}: {err.str()}" if err is not None else None
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         # Called by librdkafka through confluent-kafka: an exception escaping here would be left set and

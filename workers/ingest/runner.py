@@ -103,10 +103,16 @@ class Runner:
                 builder.replay = builder.replay.next_pass(builder.span)
                 log.info("replay starts over", extra={"stage": STAGE, "pass": builder.replay.pass_number})
         except (PublishError, KafkaException, SourceError) as exc:  # failed for good, after retries
-            log.error("giving up", extra={"stage": STAGE, "error": str(exc)})
-            fatal = self.publisher.fatal or (
+            # A produce call on a fenced producer only says "Local: Fatal error"; the reason comes later.
+            generic = (
                 isinstance(exc, KafkaException) and bool(exc.args) and exc.args[0].code() == KafkaError._FATAL
             )
+            fatal = self.publisher.fatal or generic
+            extra: dict[str, object] = {"stage": STAGE, "error": str(exc)}
+            cause = self.publisher.fatal_cause() if generic else None
+            if cause is not None:
+                extra["cause"] = cause
+            log.error("giving up", extra=extra)
             if not fatal:  # a producer in a fatal state only fails what it still holds: no flush
                 self.publisher.flush(min(self.flush_timeout, 5.0))
             return 1

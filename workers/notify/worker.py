@@ -73,7 +73,7 @@ class Notifier:
         self.http = http or httpx.Client(
             timeout=self.cfg.timeout_s, headers={"User-Agent": "social-pulse-notify/0.2"}
         )
-        self.producer = producer or kafka.producer(settings, STAGE)
+        self.producer = producer if producer is not None else kafka.producer(settings, STAGE)
         self.consumer = consumer or kafka.consumer(settings, STAGE, self.cfg.group_id)
         self.delivered = 0
 
