@@ -60,6 +60,10 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
             "ner_epochs": args.ner_epochs,
             "ema": args.ema,
             "soft_labels": args.soft_labels,
+            "entity_swaps": args.entity_swaps,
+            "distil_from": args.distil_from,
+            "distil_weight": args.distil_weight,
+            "temperature": args.temperature,
         }.items()
         if v is not None
     }
@@ -67,6 +71,14 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
         overrides["case_marks"] = args.case_marks
     if args.no_reviews:
         overrides["with_reviews"] = False
+    if args.vader_train is not None:
+        overrides["vader_train"] = tuple(c for c in args.vader_train.split(",") if c)
+    if args.distil_from and not Path(args.distil_from).is_file():
+        print(
+            f"pulse: error: no soft-label file {args.distil_from} (`pulse models soft-labels`)",
+            file=sys.stderr,
+        )
+        return 2
     cfg = dataclasses.replace(defaults, **overrides)
     base = Path(args.base) if args.base else None
     if args.task == "joint":
@@ -380,6 +392,17 @@ def register(subparsers: Any) -> None:
         type=_decay,
         help="evaluate and save a moving average of the weights with this decay, e.g. 0.999 (0 = off)",
     )
+    t.add_argument(
+        "--vader-train", help="sentiment: VADER corpora whose train split is added, e.g. tweets,amazon,news"
+    )
+    t.add_argument(
+        "--entity-swaps", type=int, help="ner: extra copies with real company/product/place names swapped in"
+    )
+    t.add_argument("--distil-from", help="a teacher's soft-label file (`pulse models soft-labels`)")
+    t.add_argument(
+        "--distil-weight", type=float, help="share of the loss on the teacher's soft labels (default 0.5)"
+    )
+    t.add_argument("--temperature", type=float, help="distillation temperature (default 2)")
     t.add_argument(
         "--calibrate",
         action=argparse.BooleanOptionalAction,

@@ -51,6 +51,11 @@ class TrainConfig:
     ner_batch_size: int = 16  # joint: NER batch size
     soft_labels: bool = False  # sentiment: target = the crowd's confidence on the label, the rest spread
     ema: float = 0.0  # decay of a moving average of the weights, evaluated and saved instead; 0 = off
+    vader_train: tuple[str, ...] = ()  # sentiment: VADER corpora whose train split is added
+    entity_swaps: int = 0  # NER: extra copies with real company/product/place names in entity slots
+    distil_from: str = ""  # a teacher's soft-label file (`pulse models soft-labels`); "" = gold only
+    distil_weight: float = 0.5  # share of the loss on the teacher's soft labels, where it has one
+    temperature: float = 2.0  # softening of both distributions in the distillation term
 
 
 # The settings the shipped models were trained with (2-core CPU: one thread each, two runs in parallel).
@@ -253,6 +258,10 @@ class _SentimentData:
     y: dict[str, np.ndarray]
     targets: torch.Tensor  # train rows x labels: what the loss pulls each row's probabilities towards
     weights: torch.Tensor  # per label
+    teacher: torch.Tensor | None = None  # train rows x labels: the teacher's softened probabilities
+    taught: torch.Tensor | None = None  # train rows the teacher labelled
+    distil_weight: float = 0.0
+    temperature: float = 1.0
 
     def dev_report(self, model: Any, pad_id: int) -> dict[str, Any]:
         return classification_report(
@@ -281,6 +290,8 @@ def _sentiment_data(tok: PreTrainedTokenizerBase, cfg: TrainConfig) -> _Sentimen
     """
     labels = list(corpora.SENTIMENT_LABELS)
     splits = corpora.sentiment_splits(with_reviews=cfg.with_reviews)
+    for corpus in cfg.vader_train:
+        splits["train"] = splits["train"] + corpora.vader_splits(corpus)["train"]
     log.info("sentiment data %s", corpora.describe(splits))
     enc = {
         name: _encode_texts(tok, [ex.text for ex in rows], cfg.max_length) for name, rows in splits.items()
@@ -291,9 +302,20 @@ def _sentiment_data(tok: PreTrainedTokenizerBase, cfg: TrainConfig) -> _Sentimen
     log.info("class weights %s", dict(zip(labels, weights.round(3).tolist(), strict=True)))
     confidence = np.array([ex.confidence if cfg.soft_labels else 1.0 for ex in splits["train"]])
     targets = soft_targets(y["train"], confidence, len(labels))
-    return _SentimentData(
+    data = _SentimentData(
         labels, splits, enc, y, torch.from_numpy(targets), torch.tensor(weights, dtype=torch.float32)
     )
+    if cfg.distil_from:
+        from workers.training.distil import TeacherLabels
+
+        data.teacher, data.taught = TeacherLabels(Path(cfg.distil_from), cfg.temperature).sentiment(
+            splits["train"], labels
+        )
+        data.distil_weight, data.temperature = cfg.distil_weight, cfg.temperature
+        log.info(
+            "teacher soft labels for %d of %d sentiment rows", int(data.taught.sum()), len(splits["train"])
+        )
+    return data
 
 
 def _sentiment_model(base: Path, labels: list[str]) -> Any:
@@ -308,7 +330,16 @@ def _sentiment_model(base: Path, labels: list[str]) -> Any:
 def _sentiment_loss(model: Any, data: _SentimentData, batch: list[int], pad_id: int) -> torch.Tensor:
     input_ids = _pad([data.enc["train"][i] for i in batch], pad_id)
     logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
-    return weighted_soft_cross_entropy(logits, data.targets[batch], data.weights[data.y["train"][batch]])
+    gold = weighted_soft_cross_entropy(logits, data.targets[batch], data.weights[data.y["train"][batch]])
+    if data.teacher is None or data.taught is None:
+        return gold
+    taught = data.taught[batch]
+    if not bool(taught.any()):
+        return gold
+    from workers.training.distil import distillation_loss
+
+    soft = distillation_loss(logits[taught], data.teacher[batch][taught], data.temperature)
+    return (1.0 - data.distil_weight) * gold + data.distil_weight * soft
 
 
 def weighted_soft_cross_entropy(
@@ -510,6 +541,9 @@ class _NerData:
     labels: list[str]
     splits: dict[str, list[corpora.TokenExample]]
     enc: dict[str, tuple[list[list[int]], list[list[int]], list[list[int | None]]]]
+    teacher: list[tuple[np.ndarray, np.ndarray] | None] | None = None  # per train sentence
+    distil_weight: float = 0.0
+    temperature: float = 1.0
 
     def report(self, model: Any, name: str, pad_id: int) -> dict[str, Any]:
         ids, _, words = self.enc[name]
@@ -525,13 +559,30 @@ def _ner_data(tok: PreTrainedTokenizerBase, cfg: TrainConfig) -> _NerData:
     labels = corpora.ner_labels(corpora.load_wnut16())
     label_ids = {name: i for i, name in enumerate(labels)}
     splits = corpora.ner_splits()
+    original = splits["train"]
     if cfg.mention_swaps:
-        splits["train"] = splits["train"] + corpora.mention_swaps(
-            splits["train"], cfg.mention_swaps, cfg.seed
+        splits["train"] = splits["train"] + corpora.mention_swaps(original, cfg.mention_swaps, cfg.seed)
+    if cfg.entity_swaps:
+        from workers.training import names
+
+        splits["train"] = splits["train"] + names.entity_swaps(
+            original, names.names_by_type(), cfg.entity_swaps
         )
     log.info("ner data %s", {k: len(v) for k, v in splits.items()})
     enc = {name: _align(tok, rows, label_ids, cfg.max_length) for name, rows in splits.items()}
-    return _NerData(labels, splits, enc)
+    data = _NerData(labels, splits, enc)
+    if cfg.distil_from:
+        from workers.training.distil import TeacherLabels
+
+        teacher = TeacherLabels(Path(cfg.distil_from), cfg.temperature)
+        data.teacher = teacher.ner(splits["train"], enc["train"][2], labels)
+        data.distil_weight, data.temperature = cfg.distil_weight, cfg.temperature
+        log.info(
+            "teacher soft labels for %d of %d NER sentences",
+            sum(t is not None for t in data.teacher),
+            len(data.teacher),
+        )
+    return data
 
 
 def _ner_model(base: Path, labels: list[str]) -> Any:
@@ -551,7 +602,23 @@ def _ner_loss(model: Any, data: _NerData, batch: list[int], pad_id: int) -> torc
     input_ids = _pad([train_ids[i] for i in batch], pad_id)
     target = _pad([train_labs[i] for i in batch], -100)
     logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
-    return _TOKEN_LOSS(logits.reshape(-1, len(data.labels)), target.reshape(-1))
+    gold = _TOKEN_LOSS(logits.reshape(-1, len(data.labels)), target.reshape(-1))
+    if data.teacher is None:
+        return gold
+    probs = torch.zeros(logits.shape)
+    mask = torch.zeros(logits.shape[:2], dtype=torch.bool)
+    for row, i in enumerate(batch):
+        taught = data.teacher[i]
+        if taught is not None:
+            n = len(taught[1])
+            probs[row, :n] = torch.from_numpy(taught[0])
+            mask[row, :n] = torch.from_numpy(taught[1])
+    if not bool(mask.any()):
+        return gold
+    from workers.training.distil import distillation_loss
+
+    soft = distillation_loss(logits[mask], probs[mask], data.temperature)
+    return (1.0 - data.distil_weight) * gold + data.distil_weight * soft
 
 
 def _log_ner(split: str, step: int, rep: dict[str, Any]) -> None:
