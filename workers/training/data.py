@@ -12,6 +12,7 @@ import random
 import re
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,10 +171,23 @@ def mention_swaps(examples: list[TokenExample], copies: int, seed: int = 13) -> 
     for ex, spans in zip(examples, spans_of, strict=True):
         for kind, first, last in spans:
             by_type[kind].append(ex.tokens[first:last])
+    return swap_entities(examples, copies, lambda kind: rng.choice(by_type[kind]), spans_of)
+
+
+def swap_entities(
+    examples: list[TokenExample],
+    copies: int,
+    pick: Callable[[str], Sequence[str] | None],
+    spans_of: list[list[tuple[str, int, int]]] | None = None,
+    kinds: Collection[str] | None = None,
+) -> list[TokenExample]:
+    """``copies`` passes over the sentences with an entity (of one of ``kinds``, when given), each
+    entity replaced by ``pick(kind)`` (None keeps it) with its tags rebuilt; the context stays."""
+    spans_of = spans_of if spans_of is not None else [tag_spans(list(ex.tags)) for ex in examples]
     out: list[TokenExample] = []
     for _ in range(copies):
         for ex, spans in zip(examples, spans_of, strict=True):
-            if not spans:
+            if not spans or (kinds is not None and not any(kind in kinds for kind, _, _ in spans)):
                 continue
             tokens: list[str] = []
             tags: list[str] = []
@@ -181,9 +195,13 @@ def mention_swaps(examples: list[TokenExample], copies: int, seed: int = 13) -> 
             for kind, first, last in spans:
                 tokens += ex.tokens[pos:first]
                 tags += ex.tags[pos:first]
-                mention = rng.choice(by_type[kind])
-                tokens += mention
-                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(mention) - 1)
+                mention = pick(kind)
+                if mention is None:
+                    tokens += ex.tokens[first:last]
+                    tags += ex.tags[first:last]
+                else:
+                    tokens += mention
+                    tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(mention) - 1)
                 pos = last
             tokens += ex.tokens[pos:]
             tags += ex.tags[pos:]

@@ -20,8 +20,7 @@ import re
 from collections import defaultdict
 from functools import cache
 
-from workers.inference.bio import tag_spans
-from workers.training.data import TokenExample, package_dir
+from workers.training.data import TokenExample, package_dir, swap_entities
 
 # Legal forms and filler a post leaves out: "Delta Air Lines, Inc." is "Delta Air Lines" or "Delta".
 _LEGAL = re.compile(
@@ -163,30 +162,12 @@ def entity_swaps(
     type in one of its surface forms; other entities and the context stay. Sentences without such
     an entity are not copied."""
     rng = random.Random(seed)
-    out: list[TokenExample] = []
-    spans_of = [tag_spans(list(ex.tags)) for ex in examples]
-    for _ in range(copies):
-        for ex, spans in zip(examples, spans_of, strict=True):
-            if not any(kind in names and names[kind] for kind, _, _ in spans):
-                continue
-            tokens: list[str] = []
-            tags: list[str] = []
-            pos = 0
-            for kind, first, last in spans:
-                tokens += ex.tokens[pos:first]
-                tags += ex.tags[pos:first]
-                if names.get(kind):
-                    mention = surface_form(rng.choice(names[kind]), rng)
-                    tokens += mention
-                    tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(mention) - 1)
-                else:
-                    tokens += ex.tokens[first:last]
-                    tags += ex.tags[first:last]
-                pos = last
-            tokens += ex.tokens[pos:]
-            tags += ex.tags[pos:]
-            out.append(TokenExample(tuple(tokens), tuple(tags)))
-    return out
+    listed = {kind for kind, values in names.items() if values}
+
+    def pick(kind: str) -> list[str] | None:
+        return surface_form(rng.choice(names[kind]), rng) if kind in listed else None
+
+    return swap_entities(examples, copies, pick, kinds=listed)
 
 
 def describe() -> dict[str, int]:
