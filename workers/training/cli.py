@@ -69,8 +69,8 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
     }
     if args.case_marks is not None:
         overrides["case_marks"] = args.case_marks
-    if args.no_reviews:
-        overrides["with_reviews"] = False
+    if args.reviews:
+        overrides["with_reviews"] = True
     if args.vader_train is not None:
         overrides["vader_train"] = tuple(c for c in args.vader_train.split(",") if c)
     if args.distil_from and not Path(args.distil_from).is_file():
@@ -259,8 +259,8 @@ def _teacher(args: argparse.Namespace, settings: object = None) -> int:
 
     fields = {f.name for f in dataclasses.fields(teacher.TeacherConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if args.no_reviews:
-        overrides["with_reviews"] = False
+    if args.reviews:
+        overrides["with_reviews"] = True
     if args.vader_train is not None:
         overrides["vader_train"] = tuple(c for c in args.vader_train.split(",") if c)
     cfg = dataclasses.replace(teacher.TeacherConfig(), **overrides)
@@ -460,17 +460,20 @@ def register(subparsers: Any) -> None:
     te.add_argument(
         "--frozen-layers", type=int, help="layers below this are frozen and cached (default 9 of 12)"
     )
-    te.add_argument("--epochs", type=float, help="passes over the sentiment texts (default 2)")
-    te.add_argument("--ner-epochs", type=float, help="passes over the NER sentences (default 4)")
-    te.add_argument("--lr", type=float)
+    te.add_argument("--epochs", type=float, help="passes over the sentiment texts (default 1.5)")
+    te.add_argument("--ner-epochs", type=float, help="passes over the NER sentences (default 10)")
+    te.add_argument("--lr", type=float, help="learning rate of the trained layers (default 1e-4)")
+    te.add_argument("--head-lr", type=float, help="learning rate of both heads (default 1e-3)")
     te.add_argument("--batch-size", type=int)
     te.add_argument("--max-length", type=int, help="tokens (default 64)")
     te.add_argument("--threads", type=int)
     te.add_argument("--seed", type=int)
-    te.add_argument("--eval-every", type=int, help="steps between dev checks (default 400)")
+    te.add_argument("--eval-every", type=int, help="steps between dev checks (default 500)")
     te.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
     te.add_argument("--mention-swaps", type=int)
-    te.add_argument("--no-reviews", action="store_true", help="leave out the Rotten Tomatoes snippets")
+    te.add_argument(
+        "--reviews", action="store_true", help="add the Rotten Tomatoes snippets (off by default)"
+    )
     te.add_argument(
         "--vader-train", help="VADER corpora whose train split is added (default tweets,amazon,news)"
     )

