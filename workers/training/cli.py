@@ -69,8 +69,8 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
     }
     if args.case_marks is not None:
         overrides["case_marks"] = args.case_marks
-    if args.reviews:
-        overrides["with_reviews"] = True
+    if args.no_reviews:
+        overrides["with_reviews"] = False
     if args.vader_train is not None:
         overrides["vader_train"] = tuple(c for c in args.vader_train.split(",") if c)
     if args.distil_from and not Path(args.distil_from).is_file():
