@@ -51,6 +51,7 @@ from workers.training.train import (
     _seed,
     add_case_marks,
     length_grouped_batches,
+    no_weight_decay,
     predict_sequence,
     save_tokenizer,
     share_encoder,
@@ -365,7 +366,7 @@ def _optimizer(trained: torch.nn.ModuleDict, cfg: TeacherConfig) -> torch.optim.
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in trained.named_parameters():
         head = name.startswith(("sentiment_head.", "ner_head."))
-        groups.setdefault((head, p.ndim < 2 or "LayerNorm" in name), []).append(p)
+        groups.setdefault((head, no_weight_decay(name, p)), []).append(p)
     return torch.optim.AdamW(
         [
             {
