@@ -97,3 +97,22 @@ def test_the_sentiment_loss_mixes_gold_and_the_teacher_by_the_distillation_weigh
         got = train._sentiment_loss(model, data, [0, 1], pad_id=9)
         soft = distillation_loss(model(torch.tensor([[0, 1]]), torch.ones(1, 2)).logits, teacher[:1], 2.0)
         assert got.item() == pytest.approx(((1 - w) * gold + w * soft).item(), rel=1e-5)
+
+
+def test_the_train_command_line_reaches_the_config_and_the_shipped_defaults_stay_off() -> None:
+    from pulse.cli import build_parser
+    from workers.training import cli, train
+
+    argv = ["models", "train", "joint", "--no-reviews", "--vader-train", "tweets,amazon,news"]
+    argv += ["--entity-swaps", "2", "--distil-from", "soft.npz", "--distil-weight", "0.7"]
+    argv += ["--temperature", "3", "--epochs", "1.5"]
+    cfg = cli._train_config(build_parser().parse_args(argv))
+    assert cfg.with_reviews is False
+    assert cfg.vader_train == ("tweets", "amazon", "news")
+    assert (cfg.entity_swaps, cfg.distil_from) == (2, "soft.npz")
+    assert (cfg.distil_weight, cfg.temperature) == (0.7, 3.0)
+    assert cfg.epochs == 1.5
+    assert cfg.ner_epochs == train.JOINT_DEFAULTS.ner_epochs
+
+    plain = cli._train_config(build_parser().parse_args(["models", "train", "joint"]))
+    assert plain == train.JOINT_DEFAULTS

@@ -40,6 +40,39 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
     except ModuleNotFoundError as exc:
         return _missing_extra(exc)
 
+    if args.distil_from and not Path(args.distil_from).is_file():
+        print(
+            f"pulse: error: no soft-label file {args.distil_from} (`pulse models soft-labels`)",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = _train_config(args)
+    base = Path(args.base) if args.base else None
+    if args.task == "joint":
+        out = Path(args.out or "build/models/joint")
+        out.mkdir(parents=True, exist_ok=True)
+        reports = train.train_joint(out, cfg, base)
+        dirs = {task: out / f"{task}-hf" for task in reports}
+    else:
+        out = Path(args.out or f"build/models/{args.task}-hf")
+        out.mkdir(parents=True, exist_ok=True)
+        fn = train.train_sentiment if args.task == "sentiment" else train.train_ner
+        reports = {args.task: fn(out, cfg, base)}
+        dirs = {args.task: out}
+    if args.calibrate:
+        from workers.training.calibrate import calibrate
+
+        reports = {task: calibrate(d, threads=cfg.threads) for task, d in dirs.items()}
+    for task, report in reports.items():
+        summary = {"out": str(dirs[task]), "chosen_step": report["chosen_step"], "test": _headline(report)}
+        print(json.dumps(summary))
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The `TrainConfig` a `pulse models train` command line asks for: the task's defaults, overridden."""
+    from workers.training import train
+
     defaults = {
         "sentiment": train.SENTIMENT_DEFAULTS,
         "ner": train.NER_DEFAULTS,
@@ -73,33 +106,7 @@ def _train(args: argparse.Namespace, settings: object = None) -> int:
         overrides["with_reviews"] = False
     if args.vader_train is not None:
         overrides["vader_train"] = tuple(c for c in args.vader_train.split(",") if c)
-    if args.distil_from and not Path(args.distil_from).is_file():
-        print(
-            f"pulse: error: no soft-label file {args.distil_from} (`pulse models soft-labels`)",
-            file=sys.stderr,
-        )
-        return 2
-    cfg = dataclasses.replace(defaults, **overrides)
-    base = Path(args.base) if args.base else None
-    if args.task == "joint":
-        out = Path(args.out or "build/models/joint")
-        out.mkdir(parents=True, exist_ok=True)
-        reports = train.train_joint(out, cfg, base)
-        dirs = {task: out / f"{task}-hf" for task in reports}
-    else:
-        out = Path(args.out or f"build/models/{args.task}-hf")
-        out.mkdir(parents=True, exist_ok=True)
-        fn = train.train_sentiment if args.task == "sentiment" else train.train_ner
-        reports = {args.task: fn(out, cfg, base)}
-        dirs = {args.task: out}
-    if args.calibrate:
-        from workers.training.calibrate import calibrate
-
-        reports = {task: calibrate(d, threads=cfg.threads) for task, d in dirs.items()}
-    for task, report in reports.items():
-        summary = {"out": str(dirs[task]), "chosen_step": report["chosen_step"], "test": _headline(report)}
-        print(json.dumps(summary))
-    return 0
+    return dataclasses.replace(defaults, **overrides)
 
 
 def _decay(value: str) -> float:
