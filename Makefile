@@ -91,8 +91,12 @@ bench-ingest: install  ## ingest throughput: 1M JSON Lines posts into the local 
 bench-infer: install  ## inference worker posts/s vs the model runtime alone -> bench/results/infer.json
 	$(BIN)/python bench/bench_infer.py
 
-models-train: install  ## fine-tune one encoder with both heads from the shipped corpora (~45 min on 2 cores)
-	$(BIN)/pulse models train joint --out build/models/joint
+# The shipped student (models v2): distilled from the committed teacher soft labels, with the VADER
+# train splits the teacher saw and 2 copies of the NER sentences with real names in their entity slots.
+STUDENT := --distil-from models/teacher/soft_labels.npz --vader-train tweets,amazon,news --entity-swaps 2 --no-reviews
+
+models-train: install  ## distil the shipped student: one encoder, both heads, from the corpora + the teacher soft labels (30-45 min on 2 cores)
+	$(BIN)/pulse models train joint --out build/models/joint $(STUDENT)
 
 # int8: 8-bit weights in blocks of 32 with int8 arithmetic on per-block activation scales, embeddings
 # fp16. On dev tweets its NER agrees with fp32 on 98 % of spans; per-tensor dynamic int8 on 85 %.
@@ -137,8 +141,10 @@ drill: install  ## fault drill: kill/restart every stage, broker and Redis fault
 soak: install  ## 10 minutes at 50 posts/s: RSS flat, lag flat, counts reconcile -> bench/results/soak.json (~14 min)
 	$(BIN)/python bench/soak.py
 
+# BASELINE=DIR adds rows for another models/ tree run in the same process, e.g. the previous release:
+#   git archive <rev> models | tar -x -C /tmp/prev && make bench-models BASELINE=/tmp/prev/models
 bench-models: install  ## pipeline(...) baseline vs our ONNX runtime -> bench/results/models.json (needs models-ship's build/)
-	$(BIN)/python bench/bench_models.py --threads 2
+	$(BIN)/python bench/bench_models.py --threads 2 $(if $(BASELINE),--baseline-models $(BASELINE))
 
 clean:  ## remove the venv and local service state (stop services first)
 	rm -rf $(VENV) .pulse .pytest_cache .mypy_cache .ruff_cache

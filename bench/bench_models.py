@@ -109,6 +109,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     hf = {t: _source_checkpoint(shipped[t]) for t in shipped}
     fp32 = {t: _fp32_dir(shipped[t], hf[t]) for t in shipped}
     results_paths = {t: {"checkpoint": str(hf[t]), "fp32": str(fp32[t]), "int8": str(shipped[t])} for t in hf}
+    # Graphs to time: (row key, ONNX variant, model dirs). A baseline is another models/ tree (e.g. the
+    # previous release from `git archive`), timed in the same process as the shipped one.
+    graphs: list[tuple[str, str, dict[str, Path]]] = [("fp32", "fp32", fp32), ("int8", "int8", shipped)]
+    if args.baseline_models:
+        base_dir = Path(args.baseline_models)
+        baseline = {t: base_dir / t for t in ("sentiment", "ner")}
+        missing = [str(d / "metadata.json") for d in baseline.values() if not (d / "metadata.json").is_file()]
+        if missing:
+            raise SystemExit(f"bench_models: --baseline-models: no model in {', '.join(missing)}")
+        graphs.append(("int8 baseline", "int8", baseline))
+        for t in results_paths:
+            results_paths[t]["int8 baseline"] = str(baseline[t])
 
     results: dict[str, Any] = {
         "n_texts": len(texts),
@@ -130,13 +142,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     models: dict[str, tuple[OnnxSentimentModel, OnnxEntityModel]] = {}
     joint: dict[str, SharedEncoderModel | SeparateHeadsModel] = {}
-    for variant, dirs in (("fp32", fp32), ("int8", shipped)):
+    for key, variant, dirs in graphs:
         sentiment = OnnxSentimentModel(dirs["sentiment"], variant=variant, intra_op_threads=args.threads)
         entities = OnnxEntityModel(
             dirs["ner"], variant=variant, intra_op_threads=args.threads, share_with=sentiment
         )
-        models[variant] = (sentiment, entities)
-        joint[variant] = post_model(sentiment, entities)
+        models[key] = (sentiment, entities)
+        joint[key] = post_model(sentiment, entities)
     results["shared_encoder"] = isinstance(joint["int8"], SharedEncoderModel)
 
     def ours_sentiment(variant: str) -> list[str]:
@@ -171,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         configs.append(("sentiment", name, functools.partial(pipe_sentiment, bs)))
         configs.append(("ner", name, functools.partial(pipe_ner, bs)))
         configs.append(("both", name, functools.partial(pipe_both, bs)))
-    for v in ("fp32", "int8"):
+    for v in models:
         name = f"onnx {v} batch {args.batch}"
         configs.append(("sentiment", name, functools.partial(ours_sentiment, v)))
         configs.append(("ner", name, functools.partial(ours_ner, v)))
@@ -295,6 +307,14 @@ def markdown(results: dict[str, Any]) -> str:
             " rows run the two checkpoints."
             if results.get("shared_encoder")
             else ""
+        )
+        + (
+            " The `int8 baseline` rows run another model"
+            f" ({results['models']['sentiment']['int8 baseline']}):"
+            " their agreement columns compare it with the shipped model's pipeline, so they say how much the"
+            " two models differ, not what int8 costs."
+            if "int8 baseline" in results["models"]["sentiment"]
+            else ""
         ),
         "",
         "| task | runtime | texts/s | × pipeline b1 | × pipeline b32 | sentiment agreement "
@@ -322,6 +342,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="our runtime's length-sorted batch size")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "models.json"))
+    parser.add_argument(
+        "--baseline-models",
+        help="another models/ tree (sentiment/, ner/; e.g. a previous release) timed beside the shipped one",
+    )
     args = parser.parse_args()
     results = run(args)
     out = Path(args.out)
