@@ -5,13 +5,12 @@ signature, and Ctrl-C stopping every stage with exit code 0.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from pulse.settings import Settings
 from schemas import Alert, Sentiment, WatchMatch, decode, encode
 from streams.keys import Keys
 from streams.read import TrendReader
+from tests.browser import click, texts
 from tests.factories import enriched_factory, post_factory
 from tests.harness import WebhookReceiver, free_port, stage_env
 from workers.notify.delivery import SIGNATURE_HEADER, verify
@@ -51,55 +51,12 @@ def wait(what: str, done: Callable[[], Any], timeout: float, proc: subprocess.Po
         time.sleep(0.5)
 
 
-def texts(browser: Any, selector: str) -> list[str]:
-    """The text of every element matching ``selector``, read in one go (the page re-renders live, so
-    element handles go stale between a find and a read)."""
-    script = "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)"
-    return list(browser.execute_script(script, selector))
-
-
-def click(browser: Any, selector: str, containing: str = "") -> None:
-    """Click the first element matching ``selector`` whose text contains ``containing``, found and clicked
-    in one script (a live re-render between a find and a click would leave a stale handle)."""
-    script = (
-        "const all = [...document.querySelectorAll(arguments[0])];"
-        "const hit = all.find(e => e.innerText.includes(arguments[1]));"
-        "if (!hit) throw new Error('nothing to click: ' + arguments[0]); hit.click();"
-    )
-    browser.execute_script(script, selector, containing)
-
-
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
     except OSError:
         return False
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    assert Path(chromium).exists() and Path(driver_path).exists(), (
-        "the dashboard test needs Debian's chromium and chromium-driver (make test installs them as root)"
-    )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1800",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def inject_hostile_post(settings: Settings) -> None:

@@ -145,11 +145,21 @@ function alertItem(alert) {
   return item;
 }
 
+// Alerts that arrived on the stream and no listing has held yet (id -> [alert, ms received]). A
+// listing requested before an alert was stored answers without it; it must not take the alert off
+// the page. Kept until a listing holds them, for a minute at most.
+const liveAlerts = new Map();
+const LIVE_KEEP_MS = 60000;
+
 async function loadAlerts() {
   const data = await api("/v1/alerts?since=24h&limit=50");
-  const list = $("alerts");
-  list.replaceChildren(...data.alerts.map(alertItem));
-  $("alerts-empty").hidden = data.alerts.length > 0;
+  const listed = new Set(data.alerts.map((a) => a.id));
+  const now = Date.now();
+  for (const [id, [, at]] of liveAlerts) if (listed.has(id) || now - at > LIVE_KEEP_MS) liveAlerts.delete(id);
+  const unlisted = [...liveAlerts.values()].map(([a]) => a).reverse();  // newest first, as listed
+  const alerts = [...unlisted, ...data.alerts].slice(0, 50);
+  $("alerts").replaceChildren(...alerts.map(alertItem));
+  $("alerts-empty").hidden = alerts.length > 0;
 }
 
 function showEvidence(alert) {
@@ -187,6 +197,7 @@ function follow() {
   source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };  // EventSource retries, sending Last-Event-ID
   source.addEventListener("alert", (event) => {
     const alert = JSON.parse(event.data);
+    liveAlerts.set(alert.id, [alert, Date.now()]);
     const list = $("alerts");
     if (!list.querySelector(`[data-id="${CSS.escape(alert.id)}"]`)) list.prepend(alertItem(alert));
     $("alerts-empty").hidden = true;
