@@ -8,22 +8,19 @@ found the Globex alert gone a moment after it showed) must not take that alert o
 
 from __future__ import annotations
 
-import queue
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
 import pytest
+from aiohttp import web
 
 from tests.browser import texts
-
-STATIC = Path(__file__).resolve().parents[2] / "workers" / "api" / "static"
-TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+from tests.harness import ThreadedServer, serve_app
+from workers.api.app import STATIC
 
 
 def alert(alert_id: str, subject: str) -> dict[str, Any]:
@@ -40,99 +37,74 @@ def alert(alert_id: str, subject: str) -> dict[str, Any]:
     }
 
 
-class ScriptedApi:
+def until(what: str, condition: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+class ScriptedApi(ThreadedServer):
     """Serves the real static files and the few /v1 reads the page makes, with the alert listing and the
     event stream under the test's control."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.listed: list[dict[str, Any]] = []  # what GET /v1/alerts answers
         self.listings = 0  # listing answers sent
-        self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.lock = threading.Lock()
-        api = self
+        self.events: asyncio.Queue[tuple[str, dict[str, Any]]] | None = None
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
+    def send(self, kind: str, data: dict[str, Any]) -> None:
+        """Publish one server-sent event (from the test's thread)."""
+        assert self._loop is not None and self.events is not None
+        self._loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
 
-            def do_GET(self) -> None:
-                path = urlparse(self.path).path
-                if path == "/v1/stream":
-                    return api.stream(self)
-                body = api.answer(path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                data, kind = body
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                if path == "/v1/alerts":
-                    with api.lock:
-                        api.listings += 1
+    async def alerts(self, request: web.Request) -> web.Response:
+        with self.lock:
+            self.listings += 1
+            return web.json_response({"alerts": list(self.listed)})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        assert self.events is not None
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        while not self.stopping:
+            try:
+                kind, data = await asyncio.wait_for(self.events.get(), 0.5)
+                await resp.write(f"event: {kind}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+        return resp
 
-    def answer(self, path: str) -> tuple[bytes, str] | None:
-        json = "application/json"
-        if path == "/":
-            return (STATIC / "index.html").read_bytes(), "text/html"
-        if path.startswith("/static/"):
-            file = STATIC / path.removeprefix("/static/")
-            return (
-                (file.read_bytes(), TYPES.get(file.suffix, "application/octet-stream"))
-                if file.is_file()
-                else None
-            )
-        if path == "/v1/alerts":
-            with self.lock:
-                return orjson.dumps({"alerts": list(self.listed)}), json
+    async def listen(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        self.events = asyncio.Queue()
         reads = {
             "/v1/brands": {"brands": []},
             "/v1/share-of-voice": {"points": [], "brands": []},
             "/v1/trends": {"terms": [], "watermark": None},
         }
-        return (orjson.dumps(reads[path]), json) if path in reads else None
 
-    def stream(self, handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/event-stream")
-        handler.send_header("Cache-Control", "no-cache")
-        handler.end_headers()
-        while True:
-            try:
-                kind, data = self.events.get(timeout=0.5)
-                handler.wfile.write(f"event: {kind}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
-            except queue.Empty:
-                handler.wfile.write(b": keep-alive\n\n")
-            except OSError:
-                return
-            handler.wfile.flush()
+        async def page(request: web.Request) -> web.StreamResponse:
+            if request.path == "/":
+                return web.FileResponse(STATIC / "index.html")
+            return web.json_response(reads[request.path])
 
-    def listings_after(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if self.listings > n:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"no alert listing after the {n}th within {timeout:.0f} s")
+        app = web.Application()
+        app.router.add_static("/static", STATIC)
+        app.router.add_get("/v1/alerts", self.alerts)
+        app.router.add_get("/v1/stream", self.stream)
+        for path in ("/", *reads):
+            app.router.add_get(path, page)
+        return await serve_app(app)
 
 
 @pytest.fixture
 def api() -> Iterator[ScriptedApi]:
-    scripted = ScriptedApi()
-    thread = threading.Thread(target=scripted.server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield scripted
-    finally:
-        scripted.server.shutdown()
-        scripted.server.server_close()
+    server = ScriptedApi()
+    server.start()
+    yield server
+    server.stop()
 
 
 def shown(browser: Any) -> list[str]:
@@ -142,22 +114,16 @@ def shown(browser: Any) -> list[str]:
 def test_a_listing_that_lacks_a_live_alert_does_not_take_it_off_the_page(
     api: ScriptedApi, browser: Any
 ) -> None:
-    browser.get(api.url)
-    api.listings_after(0, 30)  # the first refresh listed no alerts
-    deadline = time.monotonic() + 10
-    while not browser.execute_script("return document.getElementById('live').textContent === 'live'"):
-        assert time.monotonic() < deadline, "the page did not open the event stream"
-        time.sleep(0.1)
+    browser.get(f"http://127.0.0.1:{api.port}/")
+    until("the first listing", lambda: api.listings > 0, 30)  # it listed no alerts
+    until("the event stream", lambda: browser.execute_script("return $('live').textContent === 'live'"))
 
-    api.events.put(("alert", alert("a1", "Globex")))
-    deadline = time.monotonic() + 10
-    while shown(browser) != ["Negative spike: Globex"]:
-        assert time.monotonic() < deadline, f"the live alert did not show: {shown(browser)}"
-        time.sleep(0.05)
+    api.send("alert", alert("a1", "Globex"))
+    until("the live alert", lambda: shown(browser) == ["Negative spike: Globex"])
 
     # The refresh the alert schedules lists from a store that does not hold it yet.
     before = api.listings
-    api.listings_after(before, 10)
+    until("the listing after the alert", lambda: api.listings > before)
     for _ in range(20):  # the page has the stale answer; over the next second the alert stays
         assert shown(browser) == ["Negative spike: Globex"], (
             "a stale listing took the live alert off the page"
@@ -167,9 +133,6 @@ def test_a_listing_that_lacks_a_live_alert_does_not_take_it_off_the_page(
     # Once the store lists it, it is shown once (not twice: live and listed), with the listing's others.
     with api.lock:
         api.listed = [alert("a1", "Globex"), alert("a0", "Initech")]
-    api.events.put(("trend", {}))
-    deadline = time.monotonic() + 10
-    while shown(browser) != ["Negative spike: Globex", "Negative spike: Initech"]:
-        assert time.monotonic() < deadline, f"the listing did not show: {shown(browser)}"
-        time.sleep(0.05)
+    api.send("trend", {})
+    until("the listing", lambda: shown(browser) == ["Negative spike: Globex", "Negative spike: Initech"])
     assert browser.execute_script("return document.getElementById('alerts-empty').hidden")
